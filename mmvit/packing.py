@@ -1,0 +1,267 @@
+"""Patch n' Pack (NaViT, Dehghani et al. 2023): cut examples into patches and pack them into fixed rows.
+
+Every image (``C x H x W``) or video (``C x T x H x W``) keeps its own resolution. It is cut into
+``pt x ph x pw`` patches, optionally loses a random subset of its tokens (token dropping, training only),
+and is placed first-fit-decreasing into rows of exactly ``seq_len`` tokens. ``PackedBatch`` is the only
+batch layout in mmvit: tokenizers, the trunk, the loaders and the trainer all speak it.
+
+Layout of a row: the tokens of each example are contiguous, examples follow each other, padding comes last.
+Example ``e`` (in output order) carries segment id ``e + 1`` everywhere in the batch, so segment ids are
+unique across rows and ``segment_ids - 1`` indexes per-example tensors directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+
+from mmvit.token_drop import RateSpec, make_rate_fn, num_kept
+
+PatchSize = tuple[int, int, int]
+
+
+def as_patch_size(patch_size: int | Sequence[int]) -> PatchSize:
+    """An int ``p`` means ``(1, p, p)``; a pair ``(ph, pw)`` means ``(1, ph, pw)``."""
+    if isinstance(patch_size, int):
+        return (1, patch_size, patch_size)
+    ps = tuple(int(p) for p in patch_size)
+    if len(ps) == 2:
+        ps = (1, *ps)
+    if len(ps) != 3 or min(ps) < 1:
+        raise ValueError(f"patch_size must be an int or (pt, ph, pw) of positive ints, got {patch_size!r}")
+    return ps  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class PackedBatch:
+    """Examples packed into ``B`` rows of ``L`` tokens. ``E`` examples in total, in output order.
+
+    Attributes:
+        patches: ``[B, L, C*pt*ph*pw]`` flattened patches, channel-major within a patch (matches a conv
+            kernel ``[D, C, pt, ph, pw]``); zeros at padding.
+        coords: ``[B, L, 3]`` integer patch coordinates ``(t, y, x)`` within the example.
+        grid: ``[E, 3]`` patches per axis of each example (before token dropping).
+        segment_ids: ``[B, L]``: ``e + 1`` for tokens of example ``e``, 0 for padding.
+        example_ids: ``[E]`` index of each example in the input list.
+        labels: ``[E]`` (optional) class labels, in output order.
+        patch_size: ``(pt, ph, pw)``.
+        meta: optional per-example dicts (source path, video id, view...), in output order.
+    """
+
+    patches: torch.Tensor
+    coords: torch.Tensor
+    grid: torch.Tensor
+    segment_ids: torch.Tensor
+    example_ids: torch.Tensor
+    labels: torch.Tensor | None = None
+    patch_size: PatchSize = (1, 16, 16)
+    meta: list[dict[str, Any]] | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.example_ids.numel())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.segment_ids.shape)  # type: ignore[return-value]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``[E]`` tokens of each example after dropping."""
+        seg = self.segment_ids.reshape(-1)
+        return torch.bincount(seg, minlength=self.num_examples + 1)[1:]
+
+    @property
+    def num_tokens(self) -> int:
+        return int((self.segment_ids > 0).sum())
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.num_tokens / max(1, self.segment_ids.numel())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedBatch":
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return dataclasses.replace(
+            self, patches=mv(self.patches), coords=mv(self.coords), grid=mv(self.grid),
+            segment_ids=mv(self.segment_ids), example_ids=mv(self.example_ids), labels=mv(self.labels))
+
+    def pin_memory(self) -> "PackedBatch":
+        """Called by ``DataLoader(pin_memory=True)``."""
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return dataclasses.replace(
+            self, patches=pin(self.patches), coords=pin(self.coords), grid=pin(self.grid),
+            segment_ids=pin(self.segment_ids), example_ids=pin(self.example_ids), labels=pin(self.labels))
+
+
+def patchify(x: torch.Tensor, patch_size: PatchSize) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``[C, T, H, W]`` -> (``[nt*nh*nw, C*pt*ph*pw]``, ``(nt, nh, nw)``), row-major over (t, y, x).
+
+    Pixels beyond a whole number of patches are cut off (ViViT: ``floor(T/t) x floor(H/h) x floor(W/w)``).
+    """
+    pt, ph, pw = patch_size
+    c, t, h, w = x.shape
+    nt, nh, nw = t // pt, h // ph, w // pw
+    if nt == 0 or nh == 0 or nw == 0:
+        raise ValueError(f"input of shape {tuple(x.shape)} is smaller than one patch {patch_size}")
+    x = x[:, : nt * pt, : nh * ph, : nw * pw]
+    x = x.reshape(c, nt, pt, nh, ph, nw, pw).permute(1, 3, 5, 0, 2, 4, 6)
+    return x.reshape(nt * nh * nw, c * pt * ph * pw), (nt, nh, nw)
+
+
+def unpatchify(patches: torch.Tensor, grid: Sequence[int], patch_size: PatchSize, channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify` for a full (undropped) example: ``[N, C*pt*ph*pw]`` -> ``[C, T, H, W]``."""
+    nt, nh, nw = grid
+    pt, ph, pw = patch_size
+    x = patches.reshape(nt, nh, nw, channels, pt, ph, pw).permute(3, 0, 4, 1, 5, 2, 6)
+    return x.reshape(channels, nt * pt, nh * ph, nw * pw)
+
+
+def as_video(sample: torch.Tensor, pt: int) -> torch.Tensor:
+    """``C x H x W`` images become ``C x pt x H x W`` (repeated frames, so a tubelet sees a still clip)."""
+    if sample.dim() == 3:
+        return sample.unsqueeze(1).expand(-1, pt, -1, -1)
+    if sample.dim() == 4:
+        return sample
+    raise ValueError(f"a sample must be C x H x W or C x T x H x W, got shape {tuple(sample.shape)}")
+
+
+def grid_coords(grid: tuple[int, int, int]) -> torch.Tensor:
+    """``[nt*nh*nw, 3]`` integer (t, y, x) for every patch of a grid, row-major."""
+    nt, nh, nw = grid
+    t, y, x = torch.meshgrid(torch.arange(nt), torch.arange(nh), torch.arange(nw), indexing="ij")
+    return torch.stack([t, y, x], -1).reshape(-1, 3)
+
+
+def first_fit_decreasing(lengths: Sequence[int], seq_len: int, max_per_row: int | None = None) -> list[list[int]]:
+    """Assign items to rows of capacity ``seq_len``: longest first, each into the first row with room.
+
+    Returns rows as lists of item indices in placement order. Every item appears exactly once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = lengths[i]
+        if n > seq_len:
+            raise ValueError(f"example {i} has {n} tokens, more than seq_len={seq_len}")
+        for r, room in enumerate(free):
+            if room >= n and (max_per_row is None or len(rows[r]) < max_per_row):
+                rows[r].append(i)
+                free[r] = room - n
+                break
+        else:
+            rows.append([i])
+            free.append(seq_len - n)
+    return rows
+
+
+def pack(
+    samples: Sequence[torch.Tensor],
+    *,
+    patch_size: int | Sequence[int],
+    seq_len: int,
+    max_per_row: int | None = None,
+    drop_rate: RateSpec = 0.0,
+    generator: torch.Generator | None = None,
+    labels: Sequence[int] | torch.Tensor | None = None,
+    meta: Sequence[dict] | None = None,
+    num_rows: int | None = None,
+) -> PackedBatch:
+    """Patchify ``samples`` and pack them first-fit-decreasing into rows of exactly ``seq_len`` tokens.
+
+    Args:
+        samples: ``C x H x W`` images and/or ``C x T x H x W`` videos (same ``C``), any sizes.
+        patch_size: ``(pt, ph, pw)`` or an int ``p`` for ``(1, p, p)``. Images are repeated to ``pt`` frames.
+        seq_len: tokens per row.
+        max_per_row: cap on examples per row (NaViT's E_max), ``None`` for no cap.
+        drop_rate: token dropping (training only): a constant, a dict spec (see ``mmvit.token_drop``) or
+            a function ``(n_tokens, generator) -> rate``. At least one token per example is kept.
+        generator: RNG for token dropping.
+        labels, meta: per-example values in input order; returned in output order.
+        num_rows: pad the batch to exactly this many rows (raises if more are needed).
+
+    Raises:
+        ValueError: an example (after dropping) is longer than ``seq_len``, or is smaller than a patch.
+    """
+    if len(samples) == 0:
+        raise ValueError("pack() needs at least one sample")
+    ps = as_patch_size(patch_size)
+    rate_fn = make_rate_fn(drop_rate)
+    channels = samples[0].shape[0]
+
+    tokens: list[torch.Tensor] = []
+    coords: list[torch.Tensor] = []
+    grids: list[tuple[int, int, int]] = []
+    for i, s in enumerate(samples):
+        if s.shape[0] != channels:
+            raise ValueError(f"sample {i} has {s.shape[0]} channels, sample 0 has {channels}")
+        try:
+            p, g = patchify(as_video(s, ps[0]), ps)
+        except ValueError as e:
+            raise ValueError(f"sample {i}: {e}") from None
+        c = grid_coords(g)
+        if rate_fn is not None:
+            keep = num_kept(len(p), rate_fn(len(p), generator))
+            if keep < len(p):
+                idx = torch.randperm(len(p), generator=generator)[:keep].sort().values
+                p, c = p[idx], c[idx]
+        if len(p) > seq_len:
+            raise ValueError(f"sample {i} of shape {tuple(s.shape)} has {len(p)} tokens at patch size {ps}, "
+                             f"more than seq_len={seq_len}; resize it first")
+        tokens.append(p)
+        coords.append(c)
+        grids.append(g)
+
+    rows = first_fit_decreasing([len(t) for t in tokens], seq_len, max_per_row)
+    n_rows = len(rows) if num_rows is None else num_rows
+    if len(rows) > n_rows:
+        raise ValueError(f"{len(samples)} samples need {len(rows)} rows, more than num_rows={num_rows}")
+    order = [i for row in rows for i in row]
+
+    # Destination of every token in the flattened [B*L] batch: row start + offset within the row.
+    lens = torch.tensor([len(tokens[i]) for i in order])
+    starts = []
+    for r, row in enumerate(rows):
+        off = r * seq_len
+        for i in row:
+            starts.append(off)
+            off += len(tokens[i])
+    starts_t = torch.tensor(starts)
+    within = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+    dest = torch.repeat_interleave(starts_t, lens) + within
+
+    dim = tokens[0].shape[1]
+    flat_p = torch.zeros(n_rows * seq_len, dim, dtype=tokens[0].dtype)
+    flat_c = torch.zeros(n_rows * seq_len, 3, dtype=torch.long)
+    flat_s = torch.zeros(n_rows * seq_len, dtype=torch.long)
+    flat_p[dest] = torch.cat([tokens[i] for i in order])
+    flat_c[dest] = torch.cat([coords[i] for i in order])
+    flat_s[dest] = torch.repeat_interleave(torch.arange(1, len(order) + 1), lens)
+
+    out_labels = None
+    if labels is not None:
+        lab = torch.as_tensor(labels, dtype=torch.long)
+        if len(lab) != len(samples):
+            raise ValueError(f"{len(lab)} labels for {len(samples)} samples")
+        out_labels = lab[torch.tensor(order)]
+    out_meta = None
+    if meta is not None:
+        if len(meta) != len(samples):
+            raise ValueError(f"{len(meta)} meta entries for {len(samples)} samples")
+        out_meta = [meta[i] for i in order]
+    return PackedBatch(
+        patches=flat_p.view(n_rows, seq_len, dim),
+        coords=flat_c.view(n_rows, seq_len, 3),
+        grid=torch.tensor([grids[i] for i in order], dtype=torch.long).view(-1, 3),
+        segment_ids=flat_s.view(n_rows, seq_len),
+        example_ids=torch.tensor(order, dtype=torch.long),
+        labels=out_labels,
+        patch_size=ps,
+        meta=out_meta,
+    )
