@@ -1,0 +1,84 @@
+"""Block-diagonal self-attention over packed examples, three interchangeable backends.
+
+Tokens arrive flat (``[N, H, d]``, see ``layout.py``); example ``i`` attends only to its own ``L_i`` tokens.
+
+- ``segments`` (CPU default, exact): one SDPA call per distinct example length on contiguous views
+  ``[n, H, l, d]``; cost ``sum(L_i^2)``, never ``N^2``.
+- ``dense`` (reference): one SDPA call over the whole sequence with a boolean block-diagonal mask.
+- ``xformers`` (CUDA): ``memory_efficient_attention`` with ``BlockDiagonalMask.from_seqlens``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmvit.models import xformers_ops
+from mmvit.models.layout import SeqLayout
+
+Backend = Literal["auto", "xformers", "segments", "dense"]
+BACKENDS = ("auto", "xformers", "segments", "dense")
+
+
+def attend_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+    """Exact per-example attention, batched over examples of equal length. ``[N, H, d]`` -> ``[N, H, d]``."""
+    h, d = q.shape[1:]
+    outs = []
+    for start, n, length in layout.groups:
+        end = start + n * length
+        # [n*l, H, d] -> [n, H, l, d]
+        qs, ks, vs = (t[start:end].view(n, length, h, d).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs)
+        outs.append(o.transpose(1, 2).reshape(n * length, h, d))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def attend_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+    """Reference: one SDPA call over ``[1, H, N, d]`` with the ``[N, N]`` block-diagonal boolean mask."""
+    qs, ks, vs = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=layout.dense_mask.to(q.device))
+    return o[0].transpose(0, 1)
+
+
+def attend_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+    return xformers_ops.attend(q, k, v, layout.xformers_bias)
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+    if backend != "auto":
+        return backend
+    if device.type == "cuda" and xformers_ops.available():
+        return "xformers"
+    return "segments"
+
+
+_FUNCS = {"segments": attend_segments, "dense": attend_dense, "xformers": attend_xformers}
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional query-key LayerNorm (ViT-22B, used by NaViT)."""
+
+    def __init__(self, dim: int, heads: int, *, qk_norm: bool = True, bias: bool = False, eps: float = 1e-6,
+                 backend: Backend = "auto", device=None, dtype=None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        fk = {"device": device, "dtype": dtype}
+        self.heads, self.head_dim, self.backend = heads, dim // heads, backend
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias, **fk)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=eps, bias=bias, **fk) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=eps, bias=bias, **fk) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=bias, **fk)
+
+    def forward(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = self.qkv(x).view(n, 3, self.heads, self.head_dim).unbind(1)  # each [N, H, d]
+        q, k = self.q_norm(q), self.k_norm(k)
+        backend = resolve_backend(self.backend, x.device)
+        o = _FUNCS[backend](q, k, v, layout)
+        return self.proj(o.reshape(n, -1))

@@ -1,0 +1,69 @@
+"""Per-example pooling of packed tokens: ``map``, ``mean`` and ``cls``.
+
+``map`` is multihead attention pooling (Zhai et al. 2022, used by ViT-22B and NaViT): one learned query
+per example attends only to that example's tokens; the softmax runs per segment, with scatter ops, so
+examples never mix. Inputs are flat tokens ``x [N, D]`` with ``example [N]`` (index of each token's
+example); outputs are ``[E, D]`` in example order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from mmvit.models.layout import SeqLayout
+from mmvit.models.mlp import Mlp
+
+
+def segment_softmax(scores: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Softmax of ``scores [N, H]`` within each segment (``segment [N]`` in ``[0, num_segments)``)."""
+    idx = segment[:, None].expand_as(scores)
+    peak = torch.full((num_segments, scores.shape[1]), -math.inf, dtype=scores.dtype, device=scores.device)
+    peak = peak.scatter_reduce(0, idx, scores.detach(), reduce="amax", include_self=True)
+    e = torch.exp(scores - peak[segment])
+    total = torch.zeros_like(peak).index_add_(0, segment, e)
+    return e / total[segment]
+
+
+def segment_mean(x: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    total = torch.zeros(num_segments, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, segment, x)
+    count = torch.bincount(segment, minlength=num_segments).clamp(min=1).to(x.dtype)
+    return total / count[:, None]
+
+
+class MAPPool(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, *, bias: bool = False, eps: float = 1e-6,
+                 device=None, dtype=None):
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.heads, self.head_dim = heads, dim // heads
+        self.probe = nn.Parameter(torch.empty(dim, **fk))
+        nn.init.trunc_normal_(self.probe, std=0.02)
+        self.q = nn.Linear(dim, dim, bias=bias, **fk)
+        self.kv = nn.Linear(dim, 2 * dim, bias=bias, **fk)
+        self.proj = nn.Linear(dim, dim, bias=bias, **fk)
+        self.norm = nn.LayerNorm(dim, eps=eps, bias=bias, **fk)
+        self.mlp = Mlp(dim, mlp_dim, bias=bias, **fk)
+
+    def forward(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+        n, e = x.shape[0], layout.num_examples
+        q = self.q(self.probe).view(self.heads, self.head_dim)                 # [H, d]
+        k, v = self.kv(x).view(n, 2, self.heads, self.head_dim).unbind(1)      # [N, H, d]
+        scores = (k * q).sum(-1) / math.sqrt(self.head_dim)                    # [N, H]
+        w = segment_softmax(scores, layout.token_example, e)                   # [N, H]
+        pooled = torch.zeros(e, self.heads, self.head_dim, dtype=v.dtype, device=v.device)
+        pooled = pooled.index_add_(0, layout.token_example, w[..., None] * v)  # [E, H, d]
+        out = self.proj(pooled.reshape(e, -1))
+        return out + self.mlp(self.norm(out))
+
+
+class MeanPool(nn.Module):
+    def forward(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+        return segment_mean(x, layout.token_example, layout.num_examples)
+
+
+class ClsPool(nn.Module):
+    def forward(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+        return x[layout.prefix_pos[:, 0]]

@@ -1,0 +1,1 @@
+"""Pure tensor functions used by tokenizers, position embeddings and weight import."""
