@@ -27,16 +27,27 @@ T = TypeVar("T")
 
 
 class Config(dict):
-    """A dict with attribute access to its top-level sections (``cfg.model`` is ``cfg["model"]``)."""
+    """A dict with attribute access at every level (``cfg.train.steps`` is ``cfg["train"]["steps"]``)."""
 
     def __getattr__(self, key: str) -> Any:
         try:
-            return self[key]
+            value = self[key]
         except KeyError:
-            raise AttributeError(f"config has no section {key!r}{nearest(key, self)}") from None
+            raise AttributeError(f"config has no key {key!r}{nearest(key, self)}") from None
+        if isinstance(value, dict) and not isinstance(value, Config):
+            value = self[key] = Config(value)
+        return value
 
     def to_dict(self) -> dict:
-        return copy.deepcopy(dict(self))
+        """Plain nested dicts and lists (what ``yaml.safe_dump`` and checkpoints take)."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            return copy.deepcopy(v)
+
+        return plain(self)
 
     def dump(self, path: str) -> None:
         with open(path, "w") as f:

@@ -8,6 +8,7 @@ around a mean that grows linearly with the example's token count) better still. 
 
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Callable, Union
 
@@ -51,7 +52,7 @@ def resolution_rate(min: float, max: float, min_tokens: int, max_tokens: int, st
     """Mean rate linear in the token count from ``min`` (at ``min_tokens``) to ``max`` (at ``max_tokens``)."""
 
     def fn(n: int, generator: torch.Generator | None = None) -> float:
-        frac = (n - min_tokens) / max(1, max_tokens - min_tokens)
+        frac = (n - min_tokens) / builtins.max(1, max_tokens - min_tokens)
         mean = min + (max - min) * float(torch.tensor(frac).clamp(0, 1))
         rate = mean + std * float(torch.randn((), generator=generator))
         return float(torch.tensor(rate).clamp(0.0, 0.99))
