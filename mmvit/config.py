@@ -74,27 +74,27 @@ def _read(path: str) -> dict:
 
 
 def apply_override(cfg: dict, item: str) -> None:
-    """Apply ``a.b.c=value`` in place (value parsed as YAML). ``+a.b=value`` may create a new key."""
+    """Apply ``a.b.c=value`` in place (value parsed as YAML).
+
+    A key missing from the file is added (a config need not spell out every default); the component that
+    reads the section checks it against its typed config, where an unknown key raises naming the nearest
+    valid one. A leading ``+`` is accepted for familiarity and means the same.
+    """
     if "=" not in item:
         raise ValueError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
-    create = key.startswith("+")
     parts = key.lstrip("+").strip().split(".")
+    if parts[0] not in SECTIONS:
+        raise KeyError(f"override {item!r}: unknown section {parts[0]!r}{nearest(parts[0], SECTIONS)}")
     value = yaml.safe_load(raw)
     node = cfg
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if not isinstance(node, dict):
-            raise KeyError(f"override {item!r}: {'.'.join(parts[:i])!r} is not a mapping")
-        if part not in node:
-            if not create:
-                where = ".".join(parts[:i]) or "<top>"
-                raise KeyError(f"override {item!r}: unknown key {part!r} under {where}{nearest(part, node)}; "
-                               f"prefix the key with '+' to add it")
-            node[part] = value if last else {}
-        elif last:
-            node[part] = value
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or node[part] is None:
+            node[part] = {}
         node = node[part]
+        if not isinstance(node, dict):
+            raise KeyError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is not a mapping")
+    node[parts[-1]] = value
 
 
 def import_modules(names: Iterable[str]) -> None:

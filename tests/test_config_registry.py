@@ -51,10 +51,14 @@ def test_load_config_base_overrides_and_errors(tmp_path):
     cfg = mmvit.load_config(str(tmp_path / "child.yaml"), ["model.pos_embed.type=sinusoidal", "train.steps=5"])
     assert cfg.model == {"variant": "Ti/16", "depth": 3, "pos_embed": {"type": "sinusoidal"}}
     assert cfg.train.steps == 5
+    # A typo in an override is caught by the typed config of the section that reads it.
+    cfg = mmvit.load_config(str(tmp_path / "child.yaml"), ["model.dept=4"])
     with pytest.raises(KeyError, match="did you mean 'depth'"):
-        mmvit.load_config(str(tmp_path / "child.yaml"), ["model.dept=4"])
-    cfg = mmvit.load_config(str(tmp_path / "child.yaml"), ["+model.drop_path=0.1"])
-    assert cfg.model["drop_path"] == 0.1
+        mmvit.build_model(cfg)
+    with pytest.raises(KeyError, match="did you mean 'model'"):
+        mmvit.load_config(str(tmp_path / "child.yaml"), ["modle.depth=4"])
+    cfg = mmvit.load_config(str(tmp_path / "child.yaml"), ["model.drop_path=0.1", "+model.bias=true"])
+    assert cfg.model["drop_path"] == 0.1 and cfg.model["bias"] is True
     (tmp_path / "bad.yaml").write_text("modle: {}\n")
     with pytest.raises(KeyError, match="did you mean 'model'"):
         mmvit.load_config(str(tmp_path / "bad.yaml"))
