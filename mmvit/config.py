@@ -55,10 +55,15 @@ class Config(dict):
 
 
 def merge(base: dict, child: dict) -> dict:
-    """Recursive merge: dicts merge key by key, anything else in ``child`` replaces ``base``."""
+    """Recursive merge: dicts merge key by key, anything else in ``child`` replaces ``base``.
+
+    A component whose ``type`` changes is replaced whole: the base's other keys belong to the old type.
+    """
     out = copy.deepcopy(base)
     for key, value in child.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        same_type = not isinstance(value, dict) or not isinstance(out.get(key), dict) or \
+            value.get("type", out[key].get("type")) == out[key].get("type")
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and same_type:
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

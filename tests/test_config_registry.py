@@ -87,3 +87,10 @@ def test_config_dump_roundtrip(tmp_path):
     assert cfg.model.pos_embed.type == "learned"
     cfg.dump(str(tmp_path / "out.yaml"))
     assert mmvit.load_config(str(tmp_path / "out.yaml")) == cfg
+
+
+def test_base_component_with_new_type_is_replaced(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {variant: Ti/16, pos_embed: {type: learned, fractional: true}}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nmodel: {pos_embed: {type: grid2d}}\n")
+    cfg = mmvit.load_config(str(tmp_path / "child.yaml"))
+    assert cfg.model.pos_embed == {"type": "grid2d"}

@@ -39,5 +39,6 @@ def build_model(cfg: Config | dict, weights: str | None = None, device=None, dty
     elif init_from:
         from mmvit.pretrained import load_pretrained
 
-        load_pretrained(model, **init_from)
+        # Kept on the model so that the trainer can log what was loaded, resampled or initialised.
+        model.pretrained_report = load_pretrained(model, **init_from)
     return model
