@@ -1,0 +1,128 @@
+"""``build_loader``: the ``data:`` config section to a DataLoader of packed batches and its control handle.
+
+Batches per rank: training streams are endless (every source is resampled by cycles) and an epoch is a
+fixed ``batches_per_epoch`` batches on every rank (configured, or estimated from the data size and the
+expected tokens per example), so no rank runs dry while the others wait in a collective. Evaluation is one
+exact pass: each (sample, view) goes to exactly one rank and worker, so ranks may end a few batches apart;
+the evaluation loop gathers results at the end (or pads with empty steps itself).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mmvit.data.config import DataConfig, make_stage, resolve_data_config
+from mmvit.data.control import DataControl, SharedState
+from mmvit.data.sources import SourceContext, build_sources
+from mmvit.data.sources.base import Source
+from mmvit.data.stream import PackedStream
+from mmvit.token_drop import make_rate_fn
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class PackedLoader(DataLoader):
+    """A DataLoader whose iteration also keeps the :class:`DataControl` informed (position, stats)."""
+
+    def __init__(self, dataset: PackedStream, control: DataControl, **kwargs: Any):
+        super().__init__(dataset, batch_size=None, collate_fn=_identity, **kwargs)
+        self.control = control
+
+    def __iter__(self):
+        self.control.begin_iter()
+        it = super().__iter__()
+        try:
+            for batch in it:
+                self.control.record(batch)
+                yield batch
+        except Exception as e:
+            # The traceback's frames inside the DataLoader iterator keep it alive in a reference cycle; shut
+            # its workers down now (dropping the last reference) instead of in a slow garbage-collector pass.
+            e.__traceback__ = None
+            del it
+            self._iterator = None
+            raise
+
+
+def expected_tokens(cfg: DataConfig, kind: str, samples: int = 256) -> float:
+    """Mean kept tokens per example of ``kind`` for square inputs under the config's first stage."""
+    stage = make_stage(cfg, None)
+    rng = np.random.default_rng(0)
+    rate_fn = make_rate_fn(cfg.drop_rate)
+    gen = torch.Generator().manual_seed(0)
+    total = 0.0
+    for _ in range(samples):
+        pt, ph, pw = cfg.patch_list()[int(rng.integers(len(cfg.patch_list())))]
+        nt = stage.frames // pt if kind == "video" else 1
+        budget = min(stage.resolution.budget(stage.resolution.draw(rng), (ph, pw), nt), max(1, cfg.token_cap // nt))
+        n = nt * budget
+        total += n * (1.0 - (rate_fn(n, gen) if rate_fn is not None else 0.0))
+    return total / samples
+
+
+def estimate_batches_per_epoch(cfg: DataConfig, sources: list[Source], world_size: int) -> int:
+    """``ceil(samples / (world_size * expected examples per batch))``: one pass over the data per epoch."""
+    counts = [s.num_items() for s in sources]
+    if any(c is None for c in counts):
+        raise ValueError("data.batches_per_epoch is needed when a source does not know its size (give the "
+                         "webdataset source num_samples, or its index file from tools/make_shards.py)")
+    total = sum(counts)
+    if total == 0:
+        raise ValueError("the training sources hold no samples")
+    tokens = sum(c * expected_tokens(cfg, getattr(s, "kind", "image")) for s, c in zip(sources, counts)) / total
+    per_batch = cfg.batch_rows * cfg.seq_len * 0.95 / max(tokens, 1.0)  # ~5% padding
+    if cfg.max_per_row is not None:
+        per_batch = min(per_batch, cfg.batch_rows * cfg.max_per_row)
+    return max(1, math.ceil(total / (world_size * per_batch)))
+
+
+def build_loader(data_cfg: dict | DataConfig, *, split: str, rank: int, world_size: int, seed: int,
+                 stage: dict | None = None, train: bool) -> tuple[PackedLoader, DataControl]:
+    """A DataLoader of :class:`mmvit.PackedBatch` es of exactly ``[batch_rows, seq_len]``, and its control.
+
+    Args:
+        data_cfg: the ``data:`` section of a config (or a :class:`DataConfig`).
+        split: which split's sources to read (``data.splits.<split>`` overrides the top level).
+        rank, world_size: this process among the data-parallel ranks.
+        seed: the run seed; the same seed gives the same stream.
+        stage: an initial curriculum stage (see :meth:`DataControl.set_stage`).
+        train: training (random crops/flips/frames/resolutions/patch sizes, token dropping, endless and
+            resampled, ``batches_per_epoch`` per epoch) or evaluation (deterministic, one exact pass).
+
+    Returns:
+        ``(loader, control)``: iterate the loader; ``control.set_stage``, ``control.state_dict``,
+        ``control.load_state_dict`` and ``control.stats`` act on the running workers.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    cfg = resolve_data_config(data_cfg, split)
+    ctx = SourceContext(allow_outside_root=cfg.allow_outside_root, allow_pipe_urls=cfg.allow_pipe_urls)
+    sources = build_sources(cfg.sources, ctx)
+    make_stage(cfg, stage)
+    bpe = None
+    if train:
+        bpe = cfg.batches_per_epoch or estimate_batches_per_epoch(cfg, sources, world_size)
+    mp_ctx = multiprocessing.get_context(cfg.start_method)
+    workers = max(1, cfg.num_workers)
+    # Per worker: one replay position (a few hundred bytes per source), the waiting draw numbers, counts.
+    capacity = (1 << 16) + workers * (16 * cfg.pack_buffer + 512 * len(sources) + (1 << 13))
+    shared = SharedState(mp_ctx, restore_capacity=capacity)
+    control = DataControl(cfg, shared, train=train, rank=rank, world_size=world_size, num_workers=workers,
+                          seed=seed, batches_per_epoch=bpe)
+    if stage:
+        control.set_stage(stage)
+    dataset = PackedStream(cfg, sources, shared, rank=rank, world_size=world_size, seed=seed, train=train,
+                           batches_per_epoch=bpe)
+    kwargs: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": cfg.pin_memory}
+    if cfg.num_workers > 0:
+        kwargs.update(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor,
+                      multiprocessing_context=mp_ctx)
+    return PackedLoader(dataset, control, **kwargs), control

@@ -1,0 +1,341 @@
+"""The packing iterable dataset: each DataLoader worker streams, decodes, patchifies and packs.
+
+One worker, per batch:
+1. fill its buffer to ``pack_buffer`` waiting examples: draw (draws.py), check the label, read the size
+   (header, container probe, or JSON sidecar) -- no pixel decoding yet;
+2. plan every waiting example for this batch's stage and patch size: crop, flip, size from the resolution
+   distribution (``fit_to_budget``), token count, token-drop rate, all from an RNG keyed by
+   ``(seed, slot, draw number)``, so a plan never depends on timing or on which batch it lands in;
+3. choose, oldest first, the examples that pack into ``[batch_rows, seq_len]`` (packer.py); the others wait;
+4. decode the chosen (bad ones are skipped and counted; the holes are refilled), resize, normalize, and
+   ``mmvit.pack`` them with the planned drop rates into exactly ``[batch_rows, seq_len]``.
+
+Batches are numbered per rank; in training worker ``w`` builds batches ``i`` with ``i % num_workers`` equal
+to its role, which is the order in which the DataLoader collects them, and stops at ``batches_per_epoch``
+(every rank yields the same number). Each batch carries the worker's state after building it: where the
+oldest waiting example was drawn and which draws still wait, so that the loader can resume exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mmvit.data.augment import random_resized_crop, scale_box, to_sample, view_box
+from mmvit.data.config import DataConfig, PatchSize, Stage, make_stage
+from mmvit.data.control import SharedState
+from mmvit.data.draws import Draw, Mixer
+from mmvit.data.errors import BadSample, SkipCounter, TooManyBadSamples
+from mmvit.data.frames import sample_frames
+from mmvit.data.packer import select_examples
+from mmvit.data.readers.image import decode_image, probe_image
+from mmvit.data.readers.video import VideoDecoder
+from mmvit.data.resolution import fit_to_budget
+from mmvit.data.sources.base import Source
+from mmvit.packing import PackedBatch, pack
+from mmvit.token_drop import make_rate_fn, num_kept
+
+
+@dataclasses.dataclass
+class StreamBatch(PackedBatch):
+    """A :class:`PackedBatch` with what the loader needs for stats and resuming (ignore it elsewhere)."""
+
+    index: int = -1                   # batch number on this rank, over all epochs
+    stage_id: int = 0                 # curriculum stage it was built with
+    role: int = 0                     # worker role that built it
+    worker_state: dict | None = None  # that worker's state after building it
+    skip_counts: dict | None = None   # that worker's good/bad counts so far
+
+
+@dataclasses.dataclass
+class Waiting:
+    """A drawn example waiting in the buffer: its draw and its size, read without decoding pixels."""
+
+    draw: Draw
+    info: dict
+
+
+@dataclasses.dataclass
+class Plan:
+    box: tuple[int, int, int, int]
+    flip: bool
+    size: tuple[int, int]
+    frames: int      # frames decoded (1 for images)
+    tokens: int      # before dropping
+    kept: int        # after dropping
+    rate: float
+    frame_seed: int
+
+
+class _Worker:
+    """The per-(rank, worker) state of one pass: draws, waiting buffer, skip counts."""
+
+    def __init__(self, ds: PackedStream, role: int, num_workers: int):
+        self.ds, self.cfg = ds, ds.cfg
+        self.role = role
+        self.slot = ds.rank * num_workers + role
+        self.mixer = Mixer(ds.sources, self.slot, ds.world_size * num_workers, ds.seed, ds.train)
+        self.counter = SkipCounter(self.cfg.max_bad_fraction, self.cfg.bad_fraction_min_samples,
+                                   where=f"rank {ds.rank} worker {role}")
+        self.waiting: list[Waiting] = []
+        self.exhausted = False
+        self.bad_run = 0  # bad draws in a row: an endless stream of nothing but bad samples must end
+        self.rate_fn = make_rate_fn(self.cfg.drop_rate) if ds.train else None
+        self.augment = self.cfg.augment_config()
+
+    # --- state ---------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        replay = self.waiting[0].draw.pre if self.waiting else self.mixer.state()
+        return {"replay": replay, "waiting": [w.draw.j for w in self.waiting], "next_j": self.mixer.j,
+                "exhausted": self.exhausted, "counts": self.counter.state()}
+
+    def load(self, state: dict | None) -> None:
+        if not state:
+            return
+        self.mixer.seek(state["replay"])
+        waiting = set(state["waiting"])
+        while self.mixer.j < state["next_j"]:  # replay the draws, keep the ones still waiting
+            draw = self.mixer.next()
+            if draw is None:
+                break
+            if draw.j in waiting:
+                self._admit(draw)
+        self.exhausted = bool(state.get("exhausted", False))
+        self.counter.load(state.get("counts"))  # the counts as they were (the replay counted again)
+
+    # --- buffer --------------------------------------------------------------------------------------------
+    def _fail(self, err: BadSample, draw: Draw, admitted: bool) -> None:
+        # Evaluation views of one sample share its Item: the sample is counted once, its other views dropped.
+        if draw.item.failed:
+            return
+        draw.item.failed = True
+        self.counter.skip(err, counted_ok=admitted)
+
+    def _admit(self, draw: Draw) -> None:
+        item = draw.item
+        if item.failed:
+            return
+        try:
+            if item.error is not None:
+                raise item.error
+            if item.label is None:
+                raise BadSample("bad_label", item.path, "no label")
+            n_cls = self.cfg.num_classes
+            if item.label < 0 or (n_cls is not None and item.label >= n_cls):
+                raise BadSample("label_out_of_range", item.path, f"label {item.label} not in [0, {n_cls})")
+            info = item.info or self._probe(item)
+        except BadSample as e:
+            self._fail(e, draw, admitted=False)
+            self.bad_run += 1
+            if self.bad_run > 10_000:
+                raise TooManyBadSamples(f"10000 bad samples in a row; {self.counter.summary()}") from None
+            return
+        self.bad_run = 0
+        if draw.view <= 0:  # a sample counts once, not once per evaluation view
+            self.counter.ok()
+        self.waiting.append(Waiting(draw, info))
+
+    def _probe(self, item) -> dict:
+        if item.kind == "image":
+            return probe_image(item.src, item.path, self.cfg.max_image_pixels)
+        return self.ds.decoder().probe(item.src, item.path, key=item.path)
+
+    def refill(self) -> None:
+        while len(self.waiting) < self.cfg.pack_buffer and not self.exhausted:
+            draw = self.mixer.next()
+            if draw is None:
+                self.exhausted = True
+                break
+            self._admit(draw)
+
+    # --- planning ------------------------------------------------------------------------------------------
+    def rng(self, w: Waiting) -> np.random.Generator:
+        """Per-example randomness. Evaluation keys it by the example's identity, so that its size does not
+        depend on how examples are spread over ranks and workers."""
+        if self.ds.train:
+            return np.random.default_rng([self.ds.seed, self.slot, w.draw.j, 5])
+        ident = zlib.crc32(f"{w.draw.sid}/{w.draw.item.id}/{w.draw.view}".encode())
+        return np.random.default_rng([self.ds.seed, ident, 5])
+
+    def plan(self, w: Waiting, stage: Stage, patch: PatchSize) -> Plan:
+        cfg, train = self.cfg, self.ds.train
+        item = w.draw.item
+        rng = self.rng(w)
+        h, w_ = int(w.info["height"]), int(w.info["width"])
+        video = item.kind == "video"
+        views = self.ds.sources[w.draw.sid].views
+        if train and self.augment.crop:
+            box = random_resized_crop(h, w_, self.augment.crop_scale, self.augment.crop_ratio, rng)
+        else:
+            _, spatial = views.decode(max(w.draw.view, 0), item.kind)
+            box = view_box(h, w_, spatial, views.spatial)
+        flip = bool(train and rng.random() < self.augment.flip)
+        value = stage.resolution.draw(rng)
+        frame_seed = int(rng.integers(2**62))
+        pt, ph, pw = patch
+        frames = stage.frames if video else 1
+        nt = frames // pt if video else 1
+        cap = max(1, cfg.token_cap // nt)
+        if stage.token_budget is not None:
+            budget = max(1, stage.token_budget // nt)
+        else:
+            budget = stage.resolution.budget(value, (ph, pw), nt)
+        size = fit_to_budget(box[2], box[3], (ph, pw), min(budget, cap))
+        tokens = nt * (size[0] // ph) * (size[1] // pw)
+        rate, kept = 0.0, tokens
+        if self.rate_fn is not None:
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            rate = float(self.rate_fn(tokens, gen))
+            kept = num_kept(tokens, rate)
+        return Plan(box, flip, size, frames, tokens, kept, rate, frame_seed)
+
+    # --- decoding ------------------------------------------------------------------------------------------
+    def decode(self, w: Waiting, plan: Plan) -> tuple[torch.Tensor, dict]:
+        cfg, train = self.cfg, self.ds.train
+        item, info = w.draw.item, w.info
+        views = self.ds.sources[w.draw.sid].views
+        t_view, s_view = views.decode(max(w.draw.view, 0), item.kind)
+        meta: dict[str, Any] = {"path": item.path, "kind": item.kind, "id": item.id, "view": max(w.draw.view, 0),
+                                "label": item.label, "source": self.ds.sources[w.draw.sid].name,
+                                "orig_size": [int(info["height"]), int(info["width"])], "size": list(plan.size)}
+        start = time.monotonic()
+        if item.kind == "image":
+            frames = decode_image(item.src, item.path, cfg.max_image_pixels)[None]
+            if cfg.decode_timeout_s is not None and time.monotonic() - start > cfg.decode_timeout_s:
+                raise BadSample("timeout", item.path, f"took {time.monotonic() - start:.1f} s > decode_timeout_s")
+        else:
+            indices, repeated = sample_frames(
+                int(info["frames"]), plan.frames, sampling=cfg.sampling, interval=cfg.frame_interval, train=train,
+                rng=np.random.default_rng(plan.frame_seed), view=t_view, num_views=views.temporal)
+            frames = self.ds.decoder().read(item.src, item.path, indices, info)
+            meta.update(video_id=item.id, frame_indices=indices, repeated_frames=repeated,
+                        temporal_view=t_view, spatial_view=s_view)
+        box = scale_box(plan.box, (int(info["height"]), int(info["width"])), frames.shape[1:3])
+        x = to_sample(frames, box, plan.flip, plan.size, cfg.mean, cfg.std, video=item.kind == "video")
+        return x, meta
+
+    # --- one batch -----------------------------------------------------------------------------------------
+    def patch_for(self, g: int, stage: Stage) -> PatchSize:
+        if stage.patch_size is not None:
+            return stage.patch_size
+        patches = self.cfg.patch_list()
+        if not self.ds.train or len(patches) == 1:
+            return patches[0]
+        return patches[int(np.random.default_rng([self.ds.seed, self.ds.rank, g, 13]).integers(len(patches)))]
+
+    def next_batch(self, g: int, stage: Stage, stage_id: int) -> StreamBatch | None:
+        cfg = self.cfg
+        patch = self.patch_for(g, stage)
+        chosen: list[tuple[Waiting, Plan, torch.Tensor, dict]] = []
+        while True:
+            self.refill()
+            if not self.waiting:
+                break
+            plans = {w.draw.j: self.plan(w, stage, patch) for w in self.waiting}
+            keys = select_examples([(w.draw.j, plans[w.draw.j].kept) for w in self.waiting], cfg.seq_len,
+                                   cfg.batch_rows, cfg.max_per_row, fixed=[c[1].kept for c in chosen])
+            if not keys:
+                break
+            picked = set(keys)
+            batch_waiting = [w for w in self.waiting if w.draw.j in picked]
+            self.waiting = [w for w in self.waiting if w.draw.j not in picked]
+            failed = False
+            for w in batch_waiting:
+                if w.draw.item.failed:
+                    failed = True  # another view of this sample failed to decode
+                    continue
+                try:
+                    x, meta = self.decode(w, plans[w.draw.j])
+                except BadSample as e:
+                    self._fail(e, w.draw, admitted=True)
+                    failed = True
+                    continue
+                chosen.append((w, plans[w.draw.j], x, meta))
+            if not failed:
+                break  # the selection saw every waiting example: the batch is as full as it gets
+        if not chosen:
+            return None
+        rates = [c[1].rate for c in chosen]
+        rate_iter = iter(rates)
+        drop = (lambda n, generator=None: next(rate_iter)) if any(r > 0 for r in rates) else None
+        gen = torch.Generator().manual_seed(int(np.random.default_rng([self.ds.seed, self.ds.rank, g, 17])
+                                                .integers(2**62)))
+        for c in chosen:
+            c[3]["stage_id"] = stage_id
+        batch = pack([c[2] for c in chosen], patch_size=patch, seq_len=cfg.seq_len, max_per_row=cfg.max_per_row,
+                     drop_rate=drop, generator=gen, labels=[c[0].draw.item.label for c in chosen],
+                     meta=[c[3] for c in chosen], num_rows=cfg.batch_rows)
+        fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(PackedBatch)}
+        return StreamBatch(**fields, index=g, stage_id=stage_id, role=self.role, worker_state=self.state(),
+                           skip_counts=self.counter.state())
+
+    def close(self) -> None:
+        self.mixer.close()
+
+
+class PackedStream(IterableDataset):
+    """Yields :class:`StreamBatch` es of exactly ``[batch_rows, seq_len]``; see the module docstring."""
+
+    def __init__(self, cfg: DataConfig, sources: list[Source], shared: SharedState, *, rank: int, world_size: int,
+                 seed: int, train: bool, batches_per_epoch: int | None):
+        super().__init__()
+        self.cfg, self.sources, self.shared = cfg, sources, shared
+        self.rank, self.world_size, self.seed, self.train = rank, world_size, seed, train
+        self.batches_per_epoch = batches_per_epoch
+        self._decoder: VideoDecoder | None = None
+        self._stage_cache: dict[int, Stage] = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_decoder"] = None
+        return state
+
+    def __len__(self) -> int:
+        if self.batches_per_epoch is None:
+            raise TypeError("an evaluation stream has no fixed length")
+        return self.batches_per_epoch
+
+    def decoder(self) -> VideoDecoder:
+        """One video decoder per process (its probe cache and child process live across epochs)."""
+        if self._decoder is None:
+            self._decoder = VideoDecoder(self.cfg.video_backend, self.cfg.decode_threads, self.cfg.decode_timeout_s,
+                                         self.cfg.decode_isolation)
+        return self._decoder
+
+    def stage(self, stage_id: int, spec: dict) -> Stage:
+        if stage_id not in self._stage_cache:
+            if len(self._stage_cache) > 64:
+                self._stage_cache.clear()
+            self._stage_cache[stage_id] = make_stage(self.cfg, spec)
+        return self._stage_cache[stage_id]
+
+    def __iter__(self):
+        info = get_worker_info()
+        num_workers, worker_id = (info.num_workers, info.id) if info is not None else (1, 0)
+        restore = self.shared.restore.read() or {"i0": 0, "g0": 0, "states": {}}
+        i0, g0 = int(restore["i0"]), int(restore["g0"])
+        # The DataLoader asks worker 0 first: give it the role of batch i0 so batches come out in order.
+        role = (worker_id + i0) % num_workers
+        worker = _Worker(self, role, num_workers)
+        worker.load(restore["states"].get(str(role)))
+        i = i0 + (role - i0) % num_workers  # first batch index >= i0 of this role
+        try:
+            while self.batches_per_epoch is None or i < self.batches_per_epoch:
+                g = g0 + (i - i0)
+                stage_id, spec = self.shared.begin_batch(g)
+                batch = worker.next_batch(g, self.stage(stage_id, spec), stage_id)
+                if batch is None:
+                    if self.train:
+                        raise RuntimeError(f"rank {self.rank} worker {role}: the training sources gave no usable "
+                                           f"sample; counts: {worker.counter.state()}")
+                    break
+                yield batch
+                i += num_workers
+        finally:
+            worker.close()

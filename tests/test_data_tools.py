@@ -1,0 +1,62 @@
+"""tools/check_data.py and tools/make_shards.py from the command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import yaml
+
+from mmvit.data import synth
+
+pytest.importorskip("av")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return synth.make_corpus(str(tmp_path_factory.mktemp("tools") / "root"))
+
+
+def test_check_data_lists_every_bad_sample_with_its_reason(corpus, tmp_path, capsys):
+    cfg = {"name": "check", "data": {
+        "num_classes": 3, "max_image_pixels": 4_000_000, "video_backend": "pyav",
+        "splits": {"val": {"sources": [{"type": "image_list", "list": corpus["images"]},
+                                       {"type": "video_list", "list": corpus["videos"]}]}}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert tool("check_data").main([str(path), "--split", "val"]) == 1
+    out = capsys.readouterr().out
+    bad_lines = [line for line in out.splitlines() if line.startswith("BAD ")]
+    assert len(bad_lines) == len(corpus["bad"])
+    for rel, cause in corpus["bad"].items():
+        assert any(line.startswith(f"BAD {cause}: ") and line.split(": ", 1)[1].startswith(
+            os.path.join(os.path.dirname(corpus["images"]), rel)) for line in bad_lines), (rel, cause)
+    assert f"{len(corpus['good']) + len(corpus['bad'])} samples checked: {len(corpus['good'])} good" in out
+    # Only the good ones: exit status 0.
+    good = tmp_path / "good.txt"
+    good.write_text("".join(f"{p} {lab}\n" for p, lab in corpus["good"].items() if p.startswith("img/")))
+    cfg["data"]["splits"]["val"]["sources"] = [{"type": "image_list", "list": str(good),
+                                                "root": os.path.dirname(corpus["images"])}]
+    path.write_text(yaml.safe_dump(cfg))
+    assert tool("check_data").main([str(path), "--split", "val", "--set", "data.video_backend=decord"]) == 0
+
+
+def test_make_shards_cli(corpus, tmp_path, capsys):
+    out = tmp_path / "shards" / "s-%03d.tar"
+    assert tool("make_shards").main([corpus["videos"], "--out", str(out), "--maxcount", "2", "--shuffle"]) == 0
+    index = json.loads((tmp_path / "shards" / "s.json").read_text())
+    n_good = sum(1 for p in corpus["good"] if p.startswith("vid/"))
+    assert index["num_samples"] == n_good and len(index["shards"]) == (n_good + 1) // 2
+    assert all((tmp_path / "shards" / s).exists() for s in index["shards"])
+    err = capsys.readouterr().err
+    assert err.count("skip ") == sum(1 for p in corpus["bad"] if p.startswith("vid/"))
