@@ -91,7 +91,7 @@ def apply_override(cfg: dict, item: str) -> None:
     parts = key.lstrip("+").strip().split(".")
     if parts[0] not in SECTIONS:
         raise KeyError(f"override {item!r}: unknown section {parts[0]!r}{nearest(parts[0], SECTIONS)}")
-    value = yaml.safe_load(raw)
+    value = _parse_value(raw)
     node = cfg
     for i, part in enumerate(parts[:-1]):
         if part not in node or node[part] is None:
@@ -100,6 +100,17 @@ def apply_override(cfg: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise KeyError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is not a mapping")
     node[parts[-1]] = value
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML value, except that ``1e-3`` is a float (YAML 1.1 wants ``1.0e-3``; nobody types that)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def import_modules(names: Iterable[str]) -> None:

@@ -59,6 +59,8 @@ def test_load_config_base_overrides_and_errors(tmp_path):
         mmvit.load_config(str(tmp_path / "child.yaml"), ["modle.depth=4"])
     cfg = mmvit.load_config(str(tmp_path / "child.yaml"), ["model.drop_path=0.1", "+model.bias=true"])
     assert cfg.model["drop_path"] == 0.1 and cfg.model["bias"] is True
+    cfg = mmvit.load_config(str(tmp_path / "child.yaml"), ["train.lr=1e-3", "train.name=abc", "train.steps=7"])
+    assert cfg.train.lr == 1e-3 and cfg.train.name == "abc" and cfg.train.steps == 7
     (tmp_path / "bad.yaml").write_text("modle: {}\n")
     with pytest.raises(KeyError, match="did you mean 'model'"):
         mmvit.load_config(str(tmp_path / "bad.yaml"))
