@@ -49,7 +49,7 @@ NUM_DIGITS = 10
 NUM_CLASSES = NUM_DIGITS + len(DIRECTIONS)  # video label = 10 + index in DIRECTIONS
 CLASS_NAMES = tuple(f"digit_{d}" for d in range(NUM_DIGITS)) + tuple(f"move_{d}" for d in DIRECTIONS)
 DEFAULT_COUNTS = {"images": (1500, 300, 600), "videos": (960, 160, 320)}
-FORMAT_VERSION = 2  # bump when the generator changes, so old outputs are rebuilt
+FORMAT_VERSION = 3  # bump when the generator changes, so old outputs are rebuilt
 
 _SCAN_FRACTIONS = (0.60, 0.15, 0.25)
 _IMAGE_SIDES = (32, 96)
@@ -94,20 +94,11 @@ def _sample_size(rng: np.random.Generator, lo: int, hi: int, even: bool) -> tupl
 
 
 def _tints(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground and background RGB in [0, 1] whose luma differs by at least 0.35 (either polarity)."""
-    luma = np.array([0.299, 0.587, 0.114])
-    while True:
-        fg, bg = rng.uniform(0.0, 1.0, 3), rng.uniform(0.0, 1.0, 3)
-        if abs(float((fg - bg) @ luma)) >= 0.35:
-            return fg, bg
-
-
-def _video_tints(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A bright digit of random hue on a dark background of random hue (fixed polarity).
 
-    With both polarities, a small video model first has to learn contrast invariance before it can see
-    motion at all; in the demo's few minutes of training it then never gets to the motion. Images keep
-    both polarities (``_tints``).
+    With both polarities, a small model first has to learn contrast invariance before it sees
+    digits or motion at all; in the demo's few minutes of training it never got there (measured: images at
+    chance and motion unlearned after 1,500 steps). Used for images and clips alike.
     """
     return rng.uniform(0.6, 1.0, 3), rng.uniform(0.0, 0.3, 3)
 
@@ -189,7 +180,7 @@ def render_motion_clip(
             for t in range(frames)
         ]
     )  # (T, H, W)
-    fg, bg = _video_tints(rng)
+    fg, bg = _tints(rng)
     return _compose(alpha, fg, bg, rng.uniform(0.0, 0.03), rng)
 
 
