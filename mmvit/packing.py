@@ -141,23 +141,42 @@ def grid_coords(grid: tuple[int, int, int]) -> torch.Tensor:
 def first_fit_decreasing(lengths: Sequence[int], seq_len: int, max_per_row: int | None = None) -> list[list[int]]:
     """Assign items to rows of capacity ``seq_len``: longest first, each into the first row with room.
 
-    Returns rows as lists of item indices in placement order. Every item appears exactly once.
+    Returns rows as lists of item indices in placement order. Every item appears exactly once. Equal
+    lengths keep their input order.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n_items = len(lengths)
+    order = sorted(range(n_items), key=lengths.__getitem__, reverse=True)  # stable, also with reverse
+    # First fit in O(log rows) per item: a max-tree over the free room of rows 0..size-1. Rows not yet
+    # opened are empty (room seq_len) and lie right of every open row, so the leftmost row with room is
+    # exactly the row a linear first-fit scan would pick, or the next new row. A row that reaches
+    # max_per_row gets room -1.
+    size = 1
+    while size < n_items:
+        size *= 2
+    tree = [seq_len] * (2 * size)
     rows: list[list[int]] = []
-    free: list[int] = []
     for i in order:
         n = lengths[i]
         if n > seq_len:
             raise ValueError(f"example {i} has {n} tokens, more than seq_len={seq_len}")
-        for r, room in enumerate(free):
-            if room >= n and (max_per_row is None or len(rows[r]) < max_per_row):
-                rows[r].append(i)
-                free[r] = room - n
-                break
-        else:
+        j = 1
+        while j < size:  # descend to the leftmost leaf with room >= n
+            j += j
+            if tree[j] < n:
+                j += 1
+        r = j - size
+        if r == len(rows):
             rows.append([i])
-            free.append(seq_len - n)
+        else:
+            rows[r].append(i)
+        tree[j] = -1 if max_per_row is not None and len(rows[r]) >= max_per_row else tree[j] - n
+        while j > 1:  # refresh the maxima above the leaf; stop once one is unchanged
+            j >>= 1
+            a, b = tree[2 * j], tree[2 * j + 1]
+            m = a if a > b else b
+            if tree[j] == m:
+                break
+            tree[j] = m
     return rows
 
 
@@ -192,57 +211,88 @@ def pack(
     if len(samples) == 0:
         raise ValueError("pack() needs at least one sample")
     ps = as_patch_size(patch_size)
+    pt, ph, pw = ps
     rate_fn = make_rate_fn(drop_rate)
     channels = samples[0].shape[0]
 
-    tokens: list[torch.Tensor] = []
-    coords: list[torch.Tensor] = []
+    # Pass 1: grid, kept tokens and length of every sample, from shapes alone (the generator is drawn in
+    # the same order as a per-sample patchify would: rate, then permutation, sample by sample).
+    videos: list[torch.Tensor] = []
     grids: list[tuple[int, int, int]] = []
+    kept: list[torch.Tensor | None] = []
+    lengths: list[int] = []
     for i, s in enumerate(samples):
         if s.shape[0] != channels:
             raise ValueError(f"sample {i} has {s.shape[0]} channels, sample 0 has {channels}")
-        try:
-            p, g = patchify(as_video(s, ps[0]), ps)
-        except ValueError as e:
-            raise ValueError(f"sample {i}: {e}") from None
-        c = grid_coords(g)
+        x = as_video(s, pt)
+        g = (x.shape[1] // pt, x.shape[2] // ph, x.shape[3] // pw)
+        if min(g) == 0:
+            raise ValueError(f"sample {i}: input of shape {tuple(x.shape)} is smaller than one patch {ps}")
+        n = g[0] * g[1] * g[2]
+        idx = None
         if rate_fn is not None:
-            keep = num_kept(len(p), rate_fn(len(p), generator))
-            if keep < len(p):
-                idx = torch.randperm(len(p), generator=generator)[:keep].sort().values
-                p, c = p[idx], c[idx]
-        if len(p) > seq_len:
-            raise ValueError(f"sample {i} of shape {tuple(s.shape)} has {len(p)} tokens at patch size {ps}, "
+            keep = num_kept(n, rate_fn(n, generator))
+            if keep < n:
+                idx = torch.randperm(n, generator=generator)[:keep].sort().values
+                n = keep
+        if n > seq_len:
+            raise ValueError(f"sample {i} of shape {tuple(s.shape)} has {n} tokens at patch size {ps}, "
                              f"more than seq_len={seq_len}; resize it first")
-        tokens.append(p)
-        coords.append(c)
+        videos.append(x)
         grids.append(g)
+        kept.append(idx)
+        lengths.append(n)
 
-    rows = first_fit_decreasing([len(t) for t in tokens], seq_len, max_per_row)
+    rows = first_fit_decreasing(lengths, seq_len, max_per_row)
     n_rows = len(rows) if num_rows is None else num_rows
     if len(rows) > n_rows:
         raise ValueError(f"{len(samples)} samples need {len(rows)} rows, more than num_rows={num_rows}")
     order = [i for row in rows for i in row]
 
-    # Destination of every token in the flattened [B*L] batch: row start + offset within the row.
-    lens = torch.tensor([len(tokens[i]) for i in order])
-    starts = []
+    # Each example is contiguous in its row: its tokens go to flat [B*L] positions start .. start + n.
+    starts: list[int] = []
+    fill: list[int] = []  # real tokens per row
     for r, row in enumerate(rows):
         off = r * seq_len
         for i in row:
             starts.append(off)
-            off += len(tokens[i])
-    starts_t = torch.tensor(starts)
-    within = torch.arange(int(lens.sum())) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
-    dest = torch.repeat_interleave(starts_t, lens) + within
+            off += lengths[i]
+        fill.append(off - r * seq_len)
 
-    dim = tokens[0].shape[1]
-    flat_p = torch.zeros(n_rows * seq_len, dim, dtype=tokens[0].dtype)
+    # Pass 2: patchify each sample straight into its place (one copy of the pixels), zero the padding.
+    dim = channels * pt * ph * pw
+    dtype = samples[0].dtype
+    flat_p = torch.empty(n_rows * seq_len, dim, dtype=dtype)
+    for r in range(n_rows):
+        used = fill[r] if r < len(fill) else 0
+        if used < seq_len:
+            flat_p[r * seq_len + used:(r + 1) * seq_len].zero_()
+    for i, start in zip(order, starts):
+        x, (nt, nh, nw), idx = videos[i], grids[i], kept[i]
+        # [C, nt*pt, nh*ph, nw*pw] -> [nt, nh, nw, C, pt, ph, pw]: row-major patches, channel-major inside.
+        x = x[:, : nt * pt, : nh * ph, : nw * pw].view(channels, nt, pt, nh, ph, nw, pw).permute(1, 3, 5, 0, 2, 4, 6)
+        if idx is None:
+            flat_p[start:start + lengths[i]].view(nt, nh, nw, channels, pt, ph, pw).copy_(x)
+        else:
+            flat_p[start:start + lengths[i]] = x.reshape(nt * nh * nw, dim)[idx]
+
+    # Coordinates and segment ids, vectorized: token k of an example has (t, y, x) from its patch index.
+    lens = torch.tensor([lengths[i] for i in order], dtype=torch.long)
+    total = int(lens.sum())
+    first = torch.cumsum(lens, 0) - lens
+    within = torch.arange(total) - torch.repeat_interleave(first, lens, output_size=total)
+    dest = torch.repeat_interleave(torch.tensor(starts, dtype=torch.long), lens, output_size=total) + within
+    patch_index = within
+    if any(kept[i] is not None for i in order):
+        patch_index = torch.cat([torch.arange(lengths[i]) if kept[i] is None else kept[i] for i in order])
+    grid_t = torch.tensor([grids[i] for i in order], dtype=torch.long).view(-1, 3)
+    nh_tok = torch.repeat_interleave(grid_t[:, 1], lens, output_size=total)
+    nw_tok = torch.repeat_interleave(grid_t[:, 2], lens, output_size=total)
     flat_c = torch.zeros(n_rows * seq_len, 3, dtype=torch.long)
     flat_s = torch.zeros(n_rows * seq_len, dtype=torch.long)
-    flat_p[dest] = torch.cat([tokens[i] for i in order])
-    flat_c[dest] = torch.cat([coords[i] for i in order])
-    flat_s[dest] = torch.repeat_interleave(torch.arange(1, len(order) + 1), lens)
+    flat_c[dest] = torch.stack([patch_index // (nh_tok * nw_tok), patch_index // nw_tok % nh_tok,
+                                patch_index % nw_tok], -1)
+    flat_s[dest] = torch.repeat_interleave(torch.arange(1, len(order) + 1), lens, output_size=total)
 
     out_labels = None
     if labels is not None:
@@ -258,7 +308,7 @@ def pack(
     return PackedBatch(
         patches=flat_p.view(n_rows, seq_len, dim),
         coords=flat_c.view(n_rows, seq_len, 3),
-        grid=torch.tensor([grids[i] for i in order], dtype=torch.long).view(-1, 3),
+        grid=grid_t,
         segment_ids=flat_s.view(n_rows, seq_len),
         example_ids=torch.tensor(order, dtype=torch.long),
         labels=out_labels,

@@ -26,14 +26,20 @@ BACKENDS = ("auto", "xformers", "segments", "dense")
 def attend_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
     """Exact per-example attention, batched over examples of equal length. ``[N, H, d]`` -> ``[N, H, d]``."""
     h, d = q.shape[1:]
+    if len(layout.groups) == 1:
+        _, n, length = layout.groups[0]
+        qs, ks, vs = (t.view(n, length, h, d).transpose(1, 2) for t in (q, k, v))
+        return F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(n * length, h, d)
+    # One split per tensor, not a slice per group: a slice's backward writes a zero-filled [N, H, d] gradient
+    # per group, a split's backward is one concatenation.
+    sizes = layout.group_sizes
     outs = []
-    for start, n, length in layout.groups:
-        end = start + n * length
+    for qs, ks, vs, (_, n, length) in zip(q.split(sizes), k.split(sizes), v.split(sizes), layout.groups):
         # [n*l, H, d] -> [n, H, l, d]
-        qs, ks, vs = (t[start:end].view(n, length, h, d).transpose(1, 2) for t in (q, k, v))
+        qs, ks, vs = (t.view(n, length, h, d).transpose(1, 2) for t in (qs, ks, vs))
         o = F.scaled_dot_product_attention(qs, ks, vs)
         outs.append(o.transpose(1, 2).reshape(n * length, h, d))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+    return torch.cat(outs)
 
 
 def attend_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SeqLayout) -> torch.Tensor:

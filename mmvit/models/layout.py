@@ -36,6 +36,11 @@ class SeqLayout:
         return int(self.token_example.numel())
 
     @functools.cached_property
+    def group_sizes(self) -> list[int]:
+        """Tokens of each group in ``groups`` (split sizes of the trunk sequence)."""
+        return [n * length for _, n, length in self.groups]
+
+    @functools.cached_property
     def dense_mask(self) -> torch.Tensor:
         """``[N, N]`` boolean, True where attention is allowed (same example)."""
         e = self.token_example

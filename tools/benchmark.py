@@ -1,0 +1,105 @@
+"""Speed of mmvit against padding, against vit-pytorch's NaViT and against the machine (docs/benchmarks.md).
+
+    python tools/benchmark.py all --out bench.json          # everything, about 4 min on 2 CPU cores
+    python tools/benchmark.py {pack,attention,step,loader,decode,gpu} [--tiny] [--threads N] [--repeats N]
+
+Each subcommand runs its variants in one process on the same inputs, after warm-up, in interleaved rounds,
+and reports medians and ratios as markdown tables on stdout (and, with --out, as JSON with the machine).
+``--tiny`` runs every benchmark on toy sizes in seconds (the test suite uses it); its bars are not judged.
+Peers are installed only for benchmarking: ``pip install --no-deps vit-pytorch==1.26.11``; without them
+their rows are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mmvit.bench.common import Report, busy_warning, machine_info
+
+NAMES = ("pack", "attention", "step", "loader", "decode", "gpu")
+
+
+def run_one(name: str, args: argparse.Namespace) -> Report:
+    kw = {"tiny": args.tiny, "seed": args.seed}
+    if args.repeats is not None:
+        kw["repeats"] = args.repeats
+    if name == "pack":
+        from mmvit.bench import pack
+        return pack.run(**kw)
+    if name == "attention":
+        from mmvit.bench import attention
+        return attention.run(**kw)
+    if name == "step":
+        from mmvit.bench import step
+        return step.run(**kw, peers_enabled=not args.no_peers)
+    if name == "loader":
+        from mmvit.bench import io
+        return io.run_loader(**kw, data_dir=args.data)
+    if name == "decode":
+        from mmvit.bench import io
+        return io.run_decode(**kw, data_dir=args.data)
+    from mmvit.bench import gpu
+    return gpu.run(**kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=(*NAMES, "all"), help="benchmark to run; 'all' runs each in turn")
+    parser.add_argument("--out", help="write the results (and the machine) to this JSON file")
+    parser.add_argument("--md", help="also write the tables as markdown to this file (for docs/benchmarks.md)")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes, for a smoke test in seconds")
+    parser.add_argument("--repeats", type=int, help="timed rounds per variant (default: each benchmark's own)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", help="demo dataset for loader/decode (default: build one in a temp dir)")
+    parser.add_argument("--no-peers", action="store_true", help="leave vit-pytorch out of the step benchmark")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    info = machine_info()
+    command = "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = (f"machine: {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, "
+              f"{info['threads']} threads, cuda: {info['cuda'] or 'none'}, "
+              f"load average {info.get('load_average_1min', '?')} at start")
+    print(header)
+    sections = [f"`{command}`", "", header]
+    if busy_warning(info):
+        print(f"warning: {busy_warning(info)}")
+        sections += ["", f"warning: {busy_warning(info)}"]
+    results = {"command": command, "machine": info, "tiny": args.tiny, "reports": []}
+    t0 = time.perf_counter()
+    for name in NAMES if args.what == "all" else (args.what,):
+        report = run_one(name, args)
+        if args.tiny:
+            for bar in report.bars:
+                bar.judged = False
+        print()
+        print(report.markdown(), flush=True)
+        sections += ["", report.markdown()]
+        results["reports"].append(report.to_json())
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["machine"]["load_average_1min_end"] = machine_info().get("load_average_1min")
+    footer = f"total {results['seconds']:.0f} s, load average {results['machine']['load_average_1min_end']} at the end"
+    print("\n" + footer)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write("\n".join([*sections, "", footer, ""]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
