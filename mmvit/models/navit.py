@@ -44,6 +44,7 @@ class NaViTConfig:
     pos_embed: dict = dataclasses.field(default_factory=lambda: {"type": "learned"})
     pool: Literal["map", "mean", "cls"] = "map"
     head: dict = dataclasses.field(default_factory=lambda: {"type": "linear"})
+    fc_norm: bool = False                  # LayerNorm on pooled features before the head
     attention: Literal["auto", "xformers", "segments", "dense"] = "auto"
     qk_norm: bool = True
     bias: bool = False
@@ -130,6 +131,10 @@ class NaViT(nn.Module):
             self.pool = MAPPool(c.width, c.heads, c.mlp_dim, bias=c.bias, eps=c.norm_eps, **fk)
         else:
             self.pool = MeanPool() if c.pool == "mean" else ClsPool()
+        # Bounds the pooled features the head sees. Without it, a small model with classes that never
+        # occur together (the demo's image and video labels) sat at the label prior for 1,000+ steps:
+        # pushing impossible classes down is an unbounded, easy direction that dominates Adam's updates.
+        self.fc_norm = nn.LayerNorm(c.width, eps=c.norm_eps, bias=c.bias, **fk) if c.fc_norm else None
         self.head = HEADS.build(c.head, dim=c.width, num_classes=c.num_classes, **fk) if c.num_classes else None
         self.grad_checkpointing = c.grad_checkpointing
         self._init_weights()
@@ -197,6 +202,8 @@ class NaViT(nn.Module):
         return self.pool(self.trunk(x, layout), layout)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        if self.fc_norm is not None:
+            features = self.fc_norm(features)
         return features if self.head is None else self.head(features)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
