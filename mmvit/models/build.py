@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from mmvit.config import Config
@@ -12,15 +10,9 @@ from mmvit.registry import MODELS
 
 def load_weights(model: torch.nn.Module, path: str) -> None:
     """Strictly load a ``.safetensors`` file, or a ``.pt/.pth`` state dict read with ``weights_only=True``."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    from mmvit.pretrained.load import read_state_dict
 
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("module", state)) if isinstance(state, dict) else state
+    state = read_state_dict(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not match the model; missing {missing[:8]}, unexpected {unexpected[:8]}")
