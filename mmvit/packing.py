@@ -199,8 +199,9 @@ def pack(
         patch_size: ``(pt, ph, pw)`` or an int ``p`` for ``(1, p, p)``. Images are repeated to ``pt`` frames.
         seq_len: tokens per row.
         max_per_row: cap on examples per row (NaViT's E_max), ``None`` for no cap.
-        drop_rate: token dropping (training only): a constant, a dict spec (see ``mmvit.token_drop``) or
-            a function ``(n_tokens, generator) -> rate``. At least one token per example is kept.
+        drop_rate: token dropping (training only): a constant, a list of per-example rates, a dict spec (see
+            ``mmvit.token_drop``) or a function ``(n_tokens, generator) -> rate``. At least one token per
+            example is kept.
         generator: RNG for token dropping.
         labels, meta: per-example values in input order; returned in output order.
         num_rows: pad the batch to exactly this many rows (raises if more are needed).
@@ -212,7 +213,15 @@ def pack(
         raise ValueError("pack() needs at least one sample")
     ps = as_patch_size(patch_size)
     pt, ph, pw = ps
-    rate_fn = make_rate_fn(drop_rate)
+    if isinstance(drop_rate, (list, tuple)) or (isinstance(drop_rate, torch.Tensor) and drop_rate.dim() == 1):
+        # Rates planned ahead per example (the loader picks examples by their kept token count).
+        rates = [float(r) for r in drop_rate]
+        if len(rates) != len(samples):
+            raise ValueError(f"{len(rates)} drop rates for {len(samples)} samples")
+        drop_rate = iter(rates)
+        rate_fn = make_rate_fn(lambda n, generator=None: next(drop_rate))
+    else:
+        rate_fn = make_rate_fn(drop_rate)
     channels = samples[0].shape[0]
 
     # Pass 1: grid, kept tokens and length of every sample, from shapes alone (the generator is drawn in

@@ -120,3 +120,13 @@ def test_resolution_drop_rate_grows_with_tokens():
     small = sum(fn(16, g) for _ in range(200)) / 200
     large = sum(fn(256, g) for _ in range(200)) / 200
     assert abs(small - 0.1) < 0.01 and abs(large - 0.6) < 0.01
+
+
+def test_per_example_drop_rates():
+    samples = [torch.randn(3, 32, 32) for _ in range(3)]
+    b = mmvit.pack(samples, patch_size=8, seq_len=16, drop_rate=[0.0, 0.5, 0.75],
+                   generator=torch.Generator().manual_seed(0))
+    lengths = dict(zip(b.example_ids.tolist(), b.lengths.tolist()))
+    assert lengths == {0: 16, 1: 8, 2: 4}
+    with pytest.raises(ValueError, match="2 drop rates for 3 samples"):
+        mmvit.pack(samples, patch_size=8, seq_len=16, drop_rate=[0.1, 0.2])
