@@ -186,7 +186,7 @@ def pack(
     patch_size: int | Sequence[int],
     seq_len: int,
     max_per_row: int | None = None,
-    drop_rate: RateSpec = 0.0,
+    drop_rate: RateSpec | Sequence[float] = 0.0,
     generator: torch.Generator | None = None,
     labels: Sequence[int] | torch.Tensor | None = None,
     meta: Sequence[dict] | None = None,
@@ -213,15 +213,15 @@ def pack(
         raise ValueError("pack() needs at least one sample")
     ps = as_patch_size(patch_size)
     pt, ph, pw = ps
+    # rate_of(i, n): the drop rate of sample i with n tokens; planned per example, or drawn in input order.
     if isinstance(drop_rate, (list, tuple)) or (isinstance(drop_rate, torch.Tensor) and drop_rate.dim() == 1):
-        # Rates planned ahead per example (the loader picks examples by their kept token count).
         rates = [float(r) for r in drop_rate]
         if len(rates) != len(samples):
             raise ValueError(f"{len(rates)} drop rates for {len(samples)} samples")
-        drop_rate = iter(rates)
-        rate_fn = make_rate_fn(lambda n, generator=None: next(drop_rate))
+        rate_of = lambda i, n: rates[i]  # noqa: E731
     else:
         rate_fn = make_rate_fn(drop_rate)
+        rate_of = None if rate_fn is None else (lambda i, n: rate_fn(n, generator))  # noqa: E731
     channels = samples[0].shape[0]
 
     # Pass 1: grid, kept tokens and length of every sample, from shapes alone (the generator is drawn in
@@ -239,8 +239,8 @@ def pack(
             raise ValueError(f"sample {i}: input of shape {tuple(x.shape)} is smaller than one patch {ps}")
         n = g[0] * g[1] * g[2]
         idx = None
-        if rate_fn is not None:
-            keep = num_kept(n, rate_fn(n, generator))
+        if rate_of is not None:
+            keep = num_kept(n, rate_of(i, n))
             if keep < n:
                 idx = torch.randperm(n, generator=generator)[:keep].sort().values
                 n = keep

@@ -262,8 +262,7 @@ class _Worker:
         if not chosen:
             return None
         rates = [c[1].rate for c in chosen]
-        rate_iter = iter(rates)
-        drop = (lambda n, generator=None: next(rate_iter)) if any(r > 0 for r in rates) else None
+        drop = rates if any(r > 0 for r in rates) else None
         gen = torch.Generator().manual_seed(int(np.random.default_rng([self.ds.seed, self.ds.rank, g, 17])
                                                 .integers(2**62)))
         for c in chosen:
