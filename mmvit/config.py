@@ -1,10 +1,12 @@
 """YAML configs with one ``_base_`` level, dotted command-line overrides and typed component configs.
 
-A config file is plain YAML read with ``yaml.safe_load``. ``_base_: other.yaml`` (relative to the file) is
+A config file is plain YAML read with ``yaml.safe_load``'s rules, except that numbers in exponent notation
+without a dot (``1e-3``, ``5e-2``) are floats, as in YAML 1.2 (YAML 1.1 reads them as strings, which a
+typed config would reject and DeepSpeed would take as text). ``_base_: other.yaml`` (relative to the file) is
 merged under it, key by key; the base may not have a base of its own (one level keeps a config readable
 from two files). ``imports: [pkg.module]`` imports user modules before anything is built, so their registry
-entries count. Each component turns its section into a dataclass with :func:`from_dict`, which rejects
-unknown keys naming the nearest valid one.
+entries count. Each component turns its section into a dataclass with :func:`mmvit.typed.from_dict`, which
+rejects unknown keys naming the nearest valid one and checks types, choices and ranges.
 """
 
 from __future__ import annotations
@@ -13,17 +15,33 @@ import copy
 import dataclasses
 import importlib
 import os
-from typing import Any, Iterable, TypeVar
+import re
+from typing import Any, Iterable
 
 import yaml
 
-from mmvit.registry import nearest
+from mmvit.typed import from_dict, nearest
+
+__all__ = ["Config", "SECTIONS", "apply_override", "from_dict", "import_modules", "load_config", "merge",
+           "parse_yaml"]
 
 # Top-level sections. Deeper keys are checked by the typed config of the component that reads them.
-SECTIONS = ("_base_", "imports", "name", "seed", "run_dir", "model", "data", "train", "deepspeed", "curriculum",
-            "eval", "export")
+SECTIONS = ("_base_", "imports", "name", "seed", "run_dir", "model", "objective", "data", "train", "deepspeed",
+            "curriculum", "eval", "export")
 
-T = TypeVar("T")
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` / ``-2E+4`` (no dot) as floats, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_yaml(text_or_file: Any) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 exponent floats (see the module docstring)."""
+    return yaml.load(text_or_file, Loader=_Loader)  # noqa: S506  (_Loader is a SafeLoader)
 
 
 class Config(dict):
@@ -72,7 +90,7 @@ def merge(base: dict, child: dict) -> dict:
 
 def _read(path: str) -> dict:
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = parse_yaml(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a mapping, got {type(data).__name__}")
     return data
@@ -91,7 +109,7 @@ def apply_override(cfg: dict, item: str) -> None:
     parts = key.lstrip("+").strip().split(".")
     if parts[0] not in SECTIONS:
         raise KeyError(f"override {item!r}: unknown section {parts[0]!r}{nearest(parts[0], SECTIONS)}")
-    value = _parse_value(raw)
+    value = parse_yaml(raw)
     node = cfg
     for i, part in enumerate(parts[:-1]):
         if part not in node or node[part] is None:
@@ -100,17 +118,6 @@ def apply_override(cfg: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise KeyError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is not a mapping")
     node[parts[-1]] = value
-
-
-def _parse_value(raw: str) -> Any:
-    """YAML value, except that ``1e-3`` is a float (YAML 1.1 wants ``1.0e-3``; nobody types that)."""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def import_modules(names: Iterable[str]) -> None:
@@ -135,14 +142,3 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> Config:
             raise KeyError(f"{path}: unknown section {key!r}{nearest(key, SECTIONS)}; sections: {list(SECTIONS)}")
     import_modules(data.get("imports") or [])
     return Config(data)
-
-
-def from_dict(cls: type[T], data: dict | None, where: str | None = None) -> T:
-    """Build dataclass ``cls`` from ``data``; an unknown key raises naming the nearest field."""
-    data = dict(data or {})
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise KeyError(f"{where or cls.__name__}: unknown key {key!r}{nearest(key, names)}; "
-                           f"valid keys: {names}")
-    return cls(**data)

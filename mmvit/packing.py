@@ -22,15 +22,19 @@ from mmvit.token_drop import RateSpec, make_rate_fn, num_kept
 PatchSize = tuple[int, int, int]
 
 
-def as_patch_size(patch_size: int | Sequence[int]) -> PatchSize:
-    """An int ``p`` means ``(1, p, p)``; a pair ``(ph, pw)`` means ``(1, ph, pw)``."""
-    if isinstance(patch_size, int):
-        return (1, patch_size, patch_size)
-    ps = tuple(int(p) for p in patch_size)
-    if len(ps) == 2:
-        ps = (1, *ps)
-    if len(ps) != 3 or min(ps) < 1:
+def as_patch_size(patch_size: int | Sequence[int], tubelet: int = 1) -> PatchSize:
+    """The one patch-size convention: ``p`` -> ``(tubelet, p, p)``, ``(ph, pw)`` -> ``(tubelet, ph, pw)``,
+    ``(pt, ph, pw)`` as is. ``tubelet`` (frames per tubelet) applies only when no ``pt`` is given."""
+    if isinstance(patch_size, bool):
         raise ValueError(f"patch_size must be an int or (pt, ph, pw) of positive ints, got {patch_size!r}")
+    if isinstance(patch_size, int):
+        ps: tuple[int, ...] = (tubelet, patch_size, patch_size)
+    else:
+        ps = tuple(int(p) for p in patch_size)
+        if len(ps) == 2:
+            ps = (tubelet, *ps)
+    if len(ps) != 3 or min(ps) < 1:
+        raise ValueError(f"patch_size must be an int, (ph, pw) or (pt, ph, pw) of positive ints, got {patch_size!r}")
     return ps  # type: ignore[return-value]
 
 

@@ -2,20 +2,17 @@
 
 ``@TOKENIZERS.register("patch2d")`` next to a class makes ``TOKENIZERS.build({"type": "patch2d", ...})``
 construct it. Names are global within a registry, a duplicate raises, and an unknown name raises with the
-list of registered names, so a typo never falls back to something else.
+list of registered names, so a typo never falls back to something else. Keyword arguments are checked
+against the signature (an unknown one names the nearest) and coerced to its annotated types
+(``mmvit.typed``), as component configs are.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-
-def nearest(name: str, choices: Iterable[str]) -> str:
-    """A "did you mean" suffix for error messages ('' when nothing is close)."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+from mmvit.typed import coerce_kwargs, nearest
 
 
 def check_kwargs(fn: Callable, kwargs: dict, what: str) -> None:
@@ -59,8 +56,9 @@ class Registry:
             raise KeyError(f"{self.name}: config {cfg!r} has no 'type'; registered: {sorted(self._entries)}")
         kwargs = {k: v for k, v in cfg.items() if k != "type"}
         obj = self.get(cfg["type"])
-        check_kwargs(obj, kwargs, f"{self.name}[{cfg['type']!r}]")
-        return obj(**kwargs, **extra)
+        where = f"{self.name}[{cfg['type']!r}]"
+        check_kwargs(obj, kwargs, where)
+        return obj(**coerce_kwargs(obj, kwargs, where), **extra)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -78,3 +76,4 @@ MODELS = Registry("MODELS")
 HEADS = Registry("HEADS")
 DATASETS = Registry("DATASETS")
 CURRICULA = Registry("CURRICULA")
+OBJECTIVES = Registry("OBJECTIVES")

@@ -3,39 +3,54 @@
 A rate function maps (number of tokens of an example, generator) to the fraction of its tokens to drop.
 NaViT found a Beta-distributed rate better than a constant one, and a resolution-dependent rate (a normal
 around a mean that grows linearly with the example's token count) better still. Dropping happens in
-:func:`mmvit.pack` during training only; evaluation never drops.
+:func:`mmvit.pack` during training only; evaluation never drops. The same specs give the mask ratios of
+masked pretraining (mmvit/pretrain).
+
+Config forms: a float (constant rate), ``{type: constant, rate}``, ``{type: beta, mean, max}`` (rate =
+``max * u``, ``u ~ Beta`` with mean ``mean`` and variance ``0.3 mean (1 - mean)``), ``{type: resolution,
+min, max, min_tokens, max_tokens, std}`` (mean rate ``min`` at ``min_tokens`` rising linearly to ``max`` at
+``max_tokens``, plus a normal of ``std``).
 """
 
 from __future__ import annotations
 
-import builtins
+import dataclasses
 import math
-from typing import Callable, Union
+from typing import Callable, Literal, Union
 
 import numpy as np
 import torch
 
-RateFn = Callable[[int, torch.Generator | None], float]
+from mmvit.typed import from_dict, num
+
+RateFn = Callable[[int, Union[torch.Generator, None]], float]
 RateSpec = Union[float, dict, RateFn, None]
+MAX_RATE = 0.99  # drawn rates are clipped here: an example always keeps some tokens
 
 
-def _uniform(generator: torch.Generator | None) -> float:
-    return float(torch.rand((), generator=generator))
+@dataclasses.dataclass(frozen=True)
+class DropRateConfig:
+    """A rate spec as a typed config (see the module docstring for what each type reads)."""
+
+    type: Literal["constant", "beta", "resolution"] = "constant"
+    rate: float = num(0.0, ge=0.0, lt=1.0)
+    mean: float = num(0.5, gt=0.0, lt=1.0)
+    min: float = num(0.0, ge=0.0, lt=1.0)
+    max: float = num(1.0, ge=0.0, le=1.0)
+    min_tokens: int = num(0, ge=0)
+    max_tokens: int = num(1, ge=1)
+    std: float = num(0.02, ge=0.0)
 
 
 def constant_rate(rate: float) -> RateFn:
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"token drop rate must be in [0, 1), got {rate}")
     return lambda n, generator=None: rate
 
 
-def beta_rate(mean: float, max: float = 1.0) -> RateFn:
-    """rate = max * u, u ~ Beta with the given mean and variance 0.3 * mean * (1 - mean).
+def beta_rate(mean: float, high: float = 1.0) -> RateFn:
+    """rate = high * u, u ~ Beta with the given mean and variance 0.3 * mean * (1 - mean).
 
     For Beta(a, b): var = mean (1 - mean) / (a + b + 1), so a + b = 1 / 0.3 - 1.
     """
-    if not 0.0 < mean < 1.0:
-        raise ValueError(f"beta drop rate mean must be in (0, 1), got {mean}")
     total = 1.0 / 0.3 - 1.0
     a, b = mean * total, (1 - mean) * total
 
@@ -43,39 +58,38 @@ def beta_rate(mean: float, max: float = 1.0) -> RateFn:
         # torch.distributions takes no generator: seed a numpy draw from the torch generator so that
         # packing stays reproducible under a seeded generator.
         seed = int(torch.randint(0, 2**62, (), generator=generator))
-        return min(max * float(np.random.default_rng(seed).beta(a, b)), 0.99)
+        return min(high * float(np.random.default_rng(seed).beta(a, b)), MAX_RATE)
 
     return fn
 
 
-def resolution_rate(min: float, max: float, min_tokens: int, max_tokens: int, std: float = 0.02) -> RateFn:
-    """Mean rate linear in the token count from ``min`` (at ``min_tokens``) to ``max`` (at ``max_tokens``)."""
+def resolution_rate(low: float, high: float, min_tokens: int, max_tokens: int, std: float = 0.02) -> RateFn:
+    """Mean rate linear in the token count from ``low`` (at ``min_tokens``) to ``high`` (at ``max_tokens``)."""
 
     def fn(n: int, generator: torch.Generator | None = None) -> float:
-        frac = (n - min_tokens) / builtins.max(1, max_tokens - min_tokens)
-        mean = min + (max - min) * float(torch.tensor(frac).clamp(0, 1))
-        rate = mean + std * float(torch.randn((), generator=generator))
-        return float(torch.tensor(rate).clamp(0.0, 0.99))
+        frac = min(1.0, max(0.0, (n - min_tokens) / max(1, max_tokens - min_tokens)))
+        rate = low + (high - low) * frac + std * float(torch.randn((), generator=generator))
+        return min(MAX_RATE, max(0.0, rate))
 
     return fn
 
 
-def make_rate_fn(spec: RateSpec) -> RateFn | None:
+def make_rate_fn(spec: RateSpec, where: str = "drop_rate") -> RateFn | None:
     """Turn a config value into a rate function; ``None`` or 0 means no dropping."""
-    if spec is None or (isinstance(spec, (int, float)) and spec == 0):
+    if spec is None or (isinstance(spec, (int, float)) and not isinstance(spec, bool) and spec == 0):
         return None
     if callable(spec):
         return spec
-    if isinstance(spec, (int, float)):
-        return constant_rate(float(spec))
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        kind = spec.pop("type", "constant")
-        builders = {"constant": constant_rate, "beta": beta_rate, "resolution": resolution_rate}
-        if kind not in builders:
-            raise KeyError(f"unknown token drop type {kind!r}; choose from {sorted(builders)}")
-        return builders[kind](**spec)
-    raise TypeError(f"cannot make a token drop rate from {spec!r}")
+    if isinstance(spec, (int, float, str)) and not isinstance(spec, bool):
+        spec = {"type": "constant", "rate": spec}
+    if not isinstance(spec, (dict, DropRateConfig)):
+        raise TypeError(f"{where}: cannot make a token drop rate from {spec!r}")
+    c = spec if isinstance(spec, DropRateConfig) else from_dict(DropRateConfig, spec, where)
+    if c.type == "constant":
+        return constant_rate(c.rate)
+    if c.type == "beta":
+        return beta_rate(c.mean, c.max)
+    return resolution_rate(c.min, c.max, c.min_tokens, c.max_tokens, c.std)
 
 
 def num_kept(n: int, rate: float) -> int:

@@ -76,16 +76,12 @@ def test_gpu_runs_or_skips():
 def test_loader():
     from mmvit.bench import io
 
-    if io.data_available():
-        pytest.skip(io.data_available())
     _check(io.run_loader(tiny=True, repeats=1))
 
 
 def test_decode():
     from mmvit.bench import io
 
-    if io.data_available() or importlib.util.find_spec("av") is None:
-        pytest.skip("mmvit.data or PyAV not available")
     _check(io.run_decode(tiny=True, repeats=1))
 
 

@@ -10,7 +10,8 @@ import os
 import pytest
 import torch
 
-from mmvit.data import TooManyBadSamples, build_loader, fit_to_budget, synth
+from mmvit.data import TooManyBadSamples, build_loader, fit_to_budget
+from mmvit.testing import media
 from mmvit.packing import PackedBatch
 
 pytest.importorskip("av")
@@ -18,7 +19,7 @@ pytest.importorskip("av")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return synth.make_corpus(str(tmp_path_factory.mktemp("corpus") / "root"))
+    return media.make_corpus(str(tmp_path_factory.mktemp("corpus") / "root"))
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmvit.data import BadSample, read_image, read_video, synth
+from mmvit.data import BadSample, read_image, read_video
+from mmvit.testing import media as synth
 from mmvit.data.readers import backends
 from mmvit.data.readers.video import VideoDecoder
 

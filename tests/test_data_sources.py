@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmvit.data import BadSample, synth
+from mmvit.data import BadSample
+from mmvit.testing import media
 from mmvit.data.augment import to_sample
 from mmvit.data.draws import Mixer
 from mmvit.data.packer import select_examples
@@ -41,8 +42,8 @@ def test_list_formats(tmp_path):
 def test_image_folder_labels_and_root_escape(tmp_path):
     for cls in ("b_dog", "a_cat"):
         (tmp_path / "imgs" / cls / "sub").mkdir(parents=True)
-        synth.write_image(str(tmp_path / "imgs" / cls / "1.png"))
-        synth.write_image(str(tmp_path / "imgs" / cls / "sub" / "2.JPG"))
+        media.write_image(str(tmp_path / "imgs" / cls / "1.png"))
+        media.write_image(str(tmp_path / "imgs" / cls / "sub" / "2.JPG"))
         (tmp_path / "imgs" / cls / "notes.txt").write_text("x")
     src = ImageFolder(str(tmp_path / "imgs"))
     assert len(src) == 4 and [src.item(i).label for i in range(4)] == [0, 0, 1, 1]
@@ -129,7 +130,7 @@ def test_augmentation_is_identical_across_frames():
 
 
 def test_unconvertible_pixel_formats_are_bad_samples(tmp_path, monkeypatch):
-    path = synth.write_image(str(tmp_path / "x.png"))
+    path = media.write_image(str(tmp_path / "x.png"))
 
     def refuse(img):
         raise ValueError("conversion from La to L not supported")  # what Pillow says for premultiplied modes

@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from mmvit.data import synth
+from mmvit.testing import media
 
 pytest.importorskip("av")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ def tool(name: str):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return synth.make_corpus(str(tmp_path_factory.mktemp("tools") / "root"))
+    return media.make_corpus(str(tmp_path_factory.mktemp("tools") / "root"))
 
 
 def test_check_data_lists_every_bad_sample_with_its_reason(corpus, tmp_path, capsys):

@@ -10,7 +10,8 @@ import tarfile
 
 import pytest
 
-from mmvit.data import build_loader, synth
+from mmvit.data import build_loader
+from mmvit.testing import media
 from mmvit.data.readers.backends import probe_pyav
 from mmvit.data.shards import write_shards
 from mmvit.data.sources.webdataset import read_shard
@@ -37,7 +38,7 @@ def shards(tmp_path_factory):
     """Shards of 3 samples from a list of images and videos; shard 1 gets a corrupt member header, shard 3 is
     cut off in the middle. Returns the index, the keys that must survive, and the damage."""
     root = tmp_path_factory.mktemp("wds")
-    corpus = synth.make_corpus(str(root / "src"))
+    corpus = media.make_corpus(str(root / "src"))
     lines = [f"{path} {label}" for path, label in corpus["good"].items()]
     lines += ["img/missing.jpg 1", "vid/text.mp4 1", "img/trunc.png 0"]  # make_shards skips these
     with open(root / "all.txt", "w") as f:

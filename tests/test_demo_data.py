@@ -11,7 +11,7 @@ from PIL import Image
 pytest.importorskip("sklearn")
 av = pytest.importorskip("av")
 
-from mmvit import demo_data
+from mmvit.demo import digits as demo_data
 
 COUNTS = {"images": (6, 3, 3), "videos": (8, 2, 2)}  # 8 train clips: one per direction
 

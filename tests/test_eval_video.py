@@ -19,15 +19,15 @@ from mmvit.eval import (
     EvalSettings,
     RankOutput,
     ViewScores,
+    evaluate_loader,
     evaluate_rank,
-    load_for_eval,
     parse_view_set,
     parse_view_sets,
     plan_passes,
-    run_eval,
     summarize,
 )
-from mmvit.eval.evaluate import listed_counts
+from mmvit.eval.summary import listed_counts
+from mmvit.loading import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_VIDEOS, N_IMAGES = 6, 4
@@ -53,7 +53,7 @@ def run_dir(tmp_path_factory):
     """``run/model.safetensors`` + ``run/config.yaml`` over a tiny demo dataset."""
     from safetensors.torch import save_file
 
-    from mmvit import demo_data
+    from mmvit.demo import digits as demo_data
 
     base = tmp_path_factory.mktemp("eval")
     demo_data.build(base / "data", seed=0, counts={"images": (0, 0, N_IMAGES), "videos": (0, 0, N_VIDEOS)},
@@ -88,7 +88,7 @@ def test_view_sets():
 
 
 def test_pass_plan_and_data_config():
-    from mmvit.eval.evaluate import pass_data_config
+    from mmvit.eval.plan import pass_data_config
 
     data = _config("/data")["data"]
     data["splits"]["test"]["sources"].append({"type": "webdataset", "urls": "/data/shards/test-000000.tar"})
@@ -127,7 +127,7 @@ def test_runner_pairs_each_score_with_its_metadata():
     batches = [mmvit.pack(samples[:4], patch_size=8, seq_len=32, labels=labels[:4], meta=meta[:4]),
                mmvit.pack(samples[4:], patch_size=8, seq_len=32, labels=labels[4:], meta=meta[4:])]
     assert batches[0].example_ids.tolist() != [0, 1, 2, 3]  # the test needs a reordering
-    out = run_eval(model, batches)
+    out = evaluate_loader(model, batches)
     assert out.throughput.examples == 6 and out.throughput.batches == 2
     assert out.throughput.tokens == sum((h // 8) * (w // 8) for h, w in sizes)
     with torch.no_grad():
@@ -188,8 +188,8 @@ def test_two_ranks_equal_one_rank_and_count_every_video_once(run_dir):
 
 
 def test_checkpoint_kinds_give_the_same_model(run_dir, tmp_path):
-    ref = load_for_eval(str(run_dir / "model.safetensors")).model.state_dict()
-    assert load_for_eval(str(run_dir)).model.state_dict().keys() == ref.keys()
+    ref = load(str(run_dir / "model.safetensors")).model.state_dict()
+    assert load(str(run_dir)).model.state_dict().keys() == ref.keys()
     # A stage-0 DeepSpeed checkpoint as engine.save_checkpoint lays it out, config in the client state.
     from safetensors.torch import load_file
 
@@ -200,19 +200,22 @@ def test_checkpoint_kinds_give_the_same_model(run_dir, tmp_path):
     module = {f"module.{k}": v for k, v in load_file(str(run_dir / "model.safetensors")).items()}
     torch.save({"module": module, "config": cfg, "ds_config": {"zero_optimization": {"stage": 0}}},
                tag / "mp_rank_00_model_states.pt")
-    loaded = load_for_eval(str(tmp_path / "ckpt"))
+    loaded = load(str(tmp_path / "ckpt"))
     assert loaded.kind == "deepspeed"
     for k, v in loaded.model.state_dict().items():
         torch.testing.assert_close(v, ref[k])
 
 
 def test_cli_writes_results_and_plots(run_dir, tmp_path, capsys):
+    from mmvit.demo import digits as demo_data
     from mmvit.eval.cli import main
 
     out = tmp_path / "out"
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(demo_data.CLASS_NAMES) + "\n")
     results = main(["--checkpoint", str(run_dir / "model.safetensors"), "--views", "1x2", "--token-budgets",
                     "16,32", "--images", "--out", str(out), "--save-predictions", "--aggregate", "mean_logit",
-                    "--set", "data.batch_rows=3"])
+                    "--class-names", str(names), "--set", "data.batch_rows=3"])
     printed = capsys.readouterr().out
     assert "video  1x2" in printed and "image  full" in printed
     for name in ("results.json", "results.csv", "predictions.csv", "accuracy.png", "confusion_video_1x2.png",

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import mmvit
-from mmvit.pretrained.export import export
+from mmvit.export import export
 from tests.test_pretrained_reference import timm_state
 
 pytest.importorskip("deepspeed")
@@ -116,7 +116,7 @@ def test_export_from_tag_dir_and_cli(checkpoints, tmp_path):
 
 
 def test_export_errors(tmp_path, checkpoints):
-    with pytest.raises(FileNotFoundError, match="not a DeepSpeed checkpoint"):
+    with pytest.raises(FileNotFoundError, match="nor a DeepSpeed checkpoint"):
         export(str(tmp_path), str(tmp_path / "out"))
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text(yaml.safe_dump({"model": {"variant": "Ti/8", "width": 32, "depth": 1, "heads": 2}}))

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import mmvit
-from mmvit.pretrained import load_pretrained, timm_vit_config
+from mmvit.pretrained import apply_init_from, load_pretrained, timm_vit_config
 from tests.test_pretrained_reference import reference_vit, timm_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,9 +22,16 @@ def save(state, path):
     return path
 
 
+def build_init(cfg):
+    """A model as the trainer builds it: mmvit.build_model only builds; init_from is applied after."""
+    model = mmvit.build_model(cfg)
+    apply_init_from(model)
+    return model
+
+
 def build_timm_model(path, pool="cls", img_size=32, **overrides):
     cfg = timm_vit_config("S/8", num_classes=7, img_size=img_size, pool=pool, weights=path, **{**TINY, **overrides})
-    return mmvit.build_model(cfg).eval()
+    return build_init(cfg).eval()
 
 
 def features(model, images, patch_size=8):
@@ -216,7 +223,7 @@ def test_shipped_config_builds_a_vit_s16(tmp_path):
     path = save(state, tmp_path / "vit_small_patch16_224.safetensors")
     cfg = mmvit.load_config(os.path.join(ROOT, "configs/pretrained/vit_s16_timm.yaml"),
                             [f"model.init_from.path={path}"])
-    model = mmvit.build_model(cfg).eval()
+    model = build_init(cfg).eval()
     img = torch.randn(3, 224, 224)
     got = features(model, [img], patch_size=16)[0]
     torch.testing.assert_close(got, reference_vit(state, img, heads=6, grid=(14, 14)), rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import mmvit
 from mmvit.packing import patchify
 from mmvit.pretrained import load_pretrained, timm_vit_config
-from tests.test_pretrained import TINY, features, save
+from tests.test_pretrained import TINY, build_init, features, save
 from tests.test_pretrained_reference import reference_vit, timm_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +57,7 @@ def test_shipped_video_config(tmp_path):
     path = save(state, tmp_path / "vit_small_patch16_224.safetensors")
     cfg = mmvit.load_config(os.path.join(ROOT, "configs/pretrained/vit_s16_timm_video.yaml"),
                             [f"model.init_from.path={path}"])
-    model = mmvit.build_model(cfg).eval()
+    model = build_init(cfg).eval()
     assert model.head.fc.weight.shape == (18, 384) and model.head.fc.weight.abs().max() == 0
     img = torch.randn(3, 96, 160)
     clip = img[:, None].expand(-1, 2, -1, -1)
@@ -67,7 +67,7 @@ def test_shipped_video_config(tmp_path):
 
 def test_flexivit_any_patch_size(tmp_path):
     state = timm_state()  # patch 8
-    model = mmvit.build_model(timm_vit_config("S/8", img_size=32, weights=save(state, tmp_path / "v.pth"), **TINY))
+    model = build_init(timm_vit_config("S/8", img_size=32, weights=save(state, tmp_path / "v.pth"), **TINY))
     model.eval()
     smooth = F.interpolate(torch.randn(1, 3, 8, 12), size=(32, 48), mode="bicubic", align_corners=False)[0]
     for p in (4, 16, 32):

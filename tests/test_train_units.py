@@ -1,5 +1,5 @@
-"""Trainer pieces without DeepSpeed processes: schedule, loss normalisation, synthetic data, checkpoint markers,
-EMA, metrics file, DeepSpeed config checks."""
+"""Trainer pieces without DeepSpeed processes: schedule, loss normalisation, the synthetic source, checkpoint
+markers, RNG states, EMA, the run log, DeepSpeed config checks."""
 
 import glob
 import json
@@ -9,25 +9,23 @@ import pytest
 import torch
 
 import mmvit
-from mmvit.train import checkpoint as ckpt
+from mmvit import checkpoint as ckpt
+from mmvit.data import build_loader
+from mmvit.objectives.classification import example_losses
+from mmvit.train import rng
 from mmvit.train.config import parse
 from mmvit.train.curriculum import build_curriculum
 from mmvit.train.ema import EMA
 from mmvit.train.engine import build_ds_config, param_groups
-from mmvit.train.loss import (
-    example_losses,
-    example_weights,
-    local_count,
-    normalised_loss,
-)
-from mmvit.train.metrics import RunLog
+from mmvit.train.loss import example_weights, local_count, normalised_loss
+from mmvit.train.runlog import RunLog
 from mmvit.train.schedule import lr_factor, stage_lr_scale
-from mmvit.train.synthetic import build_loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tests", "tiny_train.yaml")
-DATA = {"type": "synthetic", "num_classes": 5, "seq_len": 32, "batch_rows": 2, "patch_sizes": [8], "tubelet": 2,
-        "resolution": {"type": "uniform", "min": 16, "max": 40}, "frames": 4}
+DATA = {"sources": [{"type": "synthetic", "num_samples": 64, "num_classes": 5, "frames": [4, 6]}], "seq_len": 32,
+        "batch_rows": 2, "patch_sizes": [8], "tubelet": 2, "resolution": {"type": "uniform", "min": 16, "max": 40},
+        "frames": 4, "num_workers": 0}
 
 
 def test_lr_warmup_cosine_and_stage_scaling():
@@ -55,7 +53,7 @@ def test_global_mean_loss_does_not_depend_on_how_examples_are_split(mode):
     def grads(splits):
         model.zero_grad()
         batches = [mmvit.pack([samples[i] for i in s], patch_size=8, seq_len=16, labels=labels[s]) for s in splits]
-        count = local_count(batches, mode)
+        count = local_count([example_weights(b, mode) for b in batches])
         total = sum(normalised_loss(example_losses(model(b), b.labels), example_weights(b, mode), count)
                     for b in batches)
         total.backward()
@@ -68,35 +66,32 @@ def test_global_mean_loss_does_not_depend_on_how_examples_are_split(mode):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_synthetic_loader_is_deterministic_global_and_follows_stages():
-    loader, control = build_loader(DATA, split="train", rank=0, world_size=1, seed=3, train=True)
-    it = iter(loader)
-    single = [next(it) for _ in range(4)]
-    assert all(b.shape == (2, 32) for b in single)
-    kinds = {m["kind"] for b in single for m in b.meta}
-    assert kinds == {"image", "video"}  # images and clips share packs
-    # Two ranks together see the same global batches 0..3 (rank r takes r, r + 2, ...).
-    for rank in (0, 1):
-        ld, _ = build_loader(DATA, split="train", rank=rank, world_size=2, seed=3, train=True)
-        it2 = iter(ld)
-        for j in range(2):
-            assert torch.equal(next(it2).patches, single[j * 2 + rank].patches)
-    assert control.state_dict()["consumed"] == 4
-    # Resume on another world size continues at the same global position.
-    ld, ctl = build_loader(DATA, split="train", rank=1, world_size=2, seed=3, train=True)
-    ctl.load_state_dict(control.state_dict())
-    nxt = next(iter(loader))  # global batch 4
-    assert not torch.equal(next(iter(ld)).patches, nxt.patches)  # rank 1 takes global batch 5
-    # A stage change applies to the next batch, without rebuilding anything.
+def test_synthetic_source_through_the_loader_is_deterministic_and_follows_stages():
+    """The synthetic source is read by the real loader: same seed, same batches; images and clips share
+    packs; a stage change reaches the next batch; an evaluation pass gives every item once."""
+    def batches(n, **kw):
+        loader, control = build_loader(DATA, split="train", rank=0, world_size=1, seed=3, train=True, **kw)
+        it = iter(loader)
+        return [next(it) for _ in range(n)], control, it
+
+    first, control, it = batches(4)
+    again, _, _ = batches(4)
+    assert all(torch.equal(a.patches, b.patches) and torch.equal(a.labels, b.labels) for a, b in zip(first, again))
+    assert all(b.shape == (2, 32) for b in first)
+    assert {m["kind"] for b in first for m in b.meta} == {"image", "video"}  # images and clips share packs
+    source = mmvit.DATASETS.build(DATA["sources"][0])
+    meta = first[0].meta[0]
+    item = source.item(int(meta["id"]))
+    assert meta["label"] == item.label and meta["orig_size"] == [item.info["height"], item.info["width"]]
     control.set_stage({"resolution": {"type": "fixed", "values": [8]}, "frames": 2})
-    small = next(it)
-    assert small.grid[:, 1:].max() == 1 and small.num_examples > single[0].num_examples
-    with pytest.raises(KeyError, match="unknown keys"):
+    small = [next(it) for _ in range(3)][-1]
+    assert small.grid[:, 1:].max() == 1 and small.num_examples > first[0].num_examples
+    with pytest.raises(KeyError, match="did you mean 'resolution'"):
         control.set_stage({"resolutoin": 8})
-    stats = control.stats()
-    assert stats["bad_total"] == 0 and stats["batches"] >= 6
-    val, _ = build_loader({**DATA, "eval_batches": 3}, split="val", rank=0, world_size=2, seed=3, train=False)
-    assert len(list(val)) == 2 and len(list(val)) == 2  # global batches 0 and 2, again on every pass
+    assert control.stats()["bad_total"] == 0
+    val, _ = build_loader(DATA, split="val", rank=0, world_size=1, seed=3, train=False)
+    ids = [m["id"] for b in val for m in b.meta]
+    assert sorted(ids, key=int) == [str(i) for i in range(64)]  # one exact pass, every item once
 
 
 def test_checkpoint_markers_newest_complete_and_prune(tmp_path):
@@ -118,13 +113,13 @@ def test_checkpoint_markers_newest_complete_and_prune(tmp_path):
 
 
 def test_rng_state_roundtrip_and_rank_pick():
-    ckpt.seed_all(5)
-    state = ckpt.rng_state()
+    rng.seed_all(5)
+    state = rng.rng_state()
     a = torch.rand(3)
-    ckpt.set_rng_state(state)
+    rng.set_rng_state(state)
     assert torch.equal(torch.rand(3), a)
-    assert ckpt.pick_rank_state([1, 2], 1, 2) == (2, True)
-    assert ckpt.pick_rank_state([1, 2], 0, 1) == (1, False)
+    assert rng.pick_rank_state([1, 2], 1, 2) == (2, True)
+    assert rng.pick_rank_state([1, 2], 0, 1) == (1, False)
 
 
 def test_ema_update_swap_and_state():
@@ -180,12 +175,21 @@ def test_deepspeed_config_checks():
 
 
 def test_no_weight_decay_groups():
-    model = mmvit.build_model(mmvit.load_config(TINY))
+    """Norm weights, position embeddings, the class token and the MAP probe (found here by module type and
+    name, independently of no_weight_decay) go without weight decay; every matrix with it."""
+    model = mmvit.build_model({**mmvit.load_config(TINY)["model"], "pool": "cls", "fc_norm": True, "bias": True})
+    expected = {"cls_token"} | {f"{m}.{p}" for m, mod in model.named_modules()
+                                if isinstance(mod, torch.nn.LayerNorm) for p, _ in mod.named_parameters()}
+    expected |= {n for n, _ in model.named_parameters() if n.startswith("pos_embed.") or n.endswith(".bias")}
+    assert {"norm.weight", "blocks.0.attn.q_norm.weight", "fc_norm.weight", "head.fc.bias"} <= expected
     decay, no_decay = param_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert {names[id(p)] for p in no_decay["params"]} == model.no_weight_decay()
+    assert {names[id(p)] for p in no_decay["params"]} == expected
+    assert {names[id(p)] for p in decay["params"]} == set(names.values()) - expected
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
-    assert all(p.ndim > 1 for p in decay["params"])
+    mapped = mmvit.build_model({**mmvit.load_config(TINY)["model"], "pool": "map"})
+    _, no_decay = param_groups(mapped, 0.05)
+    assert "pool.probe" in {n for n, p in mapped.named_parameters() if any(p is q for q in no_decay["params"])}
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "train", "*.yaml"))) + [TINY])
@@ -196,14 +200,13 @@ def test_training_configs_parse(path):
     cfg = mmvit.load_config(path, ["model.depth=1"])
     train, _, _ = parse(cfg)
     build_ds_config(cfg["deepspeed"], train)
-    data = cfg.to_dict()["data"]
-    if data.get("type") != "synthetic":
-        from mmvit.data.config import resolve_data_config
+    from mmvit.data.config import resolve_data_config
 
-        for split in ("train", "val"):
-            resolve_data_config(data, split)
-    curriculum = build_curriculum(cfg.get("curriculum"), total_steps=train.steps, data_cfg=data)
-    assert 0 < curriculum(0)["cost"] <= 1.0 and curriculum(train.steps - 1)["cost"] == pytest.approx(1.0)
+    data = cfg.to_dict()["data"]
+    for split in ("train", "val"):
+        resolve_data_config(data, split)
+    curriculum = build_curriculum(cfg.get("curriculum"), total_steps=train.steps, data=resolve_data_config(data, "train"))
+    assert 0 < curriculum(0).cost <= 1.0 and curriculum(train.steps - 1).cost == pytest.approx(1.0)
     from mmvit.models.build import build_model
 
     build_model(cfg, device="meta")

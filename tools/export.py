@@ -1,10 +1,10 @@
 """Export a DeepSpeed checkpoint (any ZeRO stage) as model.safetensors + config.yaml.
 
-    python tools/export.py runs/demo/checkpoints --out exported/demo
+    python tools/export.py runs/demo --out exported/demo
     python -c "import mmvit; m = mmvit.build_model(mmvit.load_config('exported/demo/config.yaml'),
                weights='exported/demo/model.safetensors')"
 
-The logic lives in mmvit/pretrained/export.py.
+The logic lives in mmvit/export.py.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mmvit.pretrained.export import export
+from mmvit.export import export
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="engine.save_checkpoint's save_dir (uses 'latest') or a tag directory")
+    parser.add_argument("checkpoint", help="a run dir (newest complete checkpoint), engine.save_checkpoint's save_dir "
+                                           "or a tag directory")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--tag", default=None, help="checkpoint tag instead of the 'latest' one")
     parser.add_argument("--config", default=None, help="config file, instead of the one saved with the run")

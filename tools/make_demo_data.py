@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmvit import demo_data
+from mmvit.demo import digits as demo_data
 
 
 def _counts(text: str) -> tuple[int, int, int]:

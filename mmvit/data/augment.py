@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmvit.typed import num
+
 Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
 
 
@@ -33,19 +35,15 @@ class AugmentConfig:
     """
 
     crop: bool = True
-    crop_scale: tuple[float, float] = (0.35, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: float = 0.5
+    crop_scale: tuple[float, float] = num((0.35, 1.0), gt=0.0, le=1.0)
+    crop_ratio: tuple[float, float] = num((3 / 4, 4 / 3), gt=0.0)
+    flip: float = num(0.5, ge=0.0, le=1.0)
 
     def __post_init__(self) -> None:
-        self.crop_scale = tuple(float(s) for s in self.crop_scale)  # type: ignore[assignment]
-        self.crop_ratio = tuple(float(r) for r in self.crop_ratio)  # type: ignore[assignment]
-        if not (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
-            raise ValueError(f"augment.crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {self.crop_scale}")
-        if not (len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1]):
-            raise ValueError(f"augment.crop_ratio must be (lo, hi) with 0 < lo <= hi, got {self.crop_ratio}")
-        if not 0 <= self.flip <= 1:
-            raise ValueError(f"augment.flip is a probability, got {self.flip}")
+        for name in ("crop_scale", "crop_ratio"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"data.augment.{name} must be (lo, hi) with lo <= hi, got {getattr(self, name)}")
 
 
 def random_resized_crop(h: int, w: int, scale: Sequence[float], ratio: Sequence[float],

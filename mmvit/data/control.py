@@ -21,7 +21,8 @@ import json
 import logging
 from typing import Any
 
-from mmvit.data.config import DataConfig, make_stage
+from mmvit.data.config import DataConfig
+from mmvit.data.stage import Stage, make_stage
 
 log = logging.getLogger("mmvit.data")
 
@@ -70,10 +71,6 @@ class SharedState:
         return sid, stage
 
 
-def _normal(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
-
-
 class DataControl:
     """The handle the trainer holds next to the loader (see ``build_loader``)."""
 
@@ -84,7 +81,8 @@ class DataControl:
         self.batches_per_epoch = batches_per_epoch
         self.epoch, self.i, self.g = 0, 0, 0   # epoch, batches handed out in it, in total
         self.next_stage_id = 1
-        self.history: list = [[0, 0, {}]]      # [first batch index, stage id, stage dict]
+        # [first batch index, stage id, stage dict]: the full stage until a curriculum sets another.
+        self.history: list = [[0, 0, make_stage(cfg).to_dict()]]
         self.worker_states: dict[str, dict] = {}
         self.skip_counts: dict[str, dict] = {}
         self.padding = collections.deque(maxlen=100)
@@ -93,11 +91,10 @@ class DataControl:
             shared.stages.write(self.history)
 
     # --- curriculum ----------------------------------------------------------------------------------------
-    def set_stage(self, stage: dict | None) -> None:
-        """Apply a curriculum stage (keys: resolution, token_budget, frames, patch_size; missing keys take the
-        config's values) from the next batch no worker has started. Setting the current stage is a no-op."""
-        make_stage(self.cfg, stage)  # validate in the caller's process, with a clear error
-        stage = _normal(dict(stage or {}))
+    def set_stage(self, stage: Stage | dict | None) -> None:
+        """Apply a curriculum stage (a :class:`Stage`, or a dict of its keys with the config's values for the
+        missing ones) from the next batch no worker has started. Setting the current stage is a no-op."""
+        stage = make_stage(self.cfg, stage).to_dict()  # validated here, in the caller's process
         with self.shared.lock:
             eff = max(self.shared.max_started.value + 1, self.g)
             # Entries from eff on never applied to a started batch: the new stage replaces them.
@@ -111,9 +108,9 @@ class DataControl:
             self.shared.stages.write(self.history)
 
     @property
-    def stage(self) -> dict:
+    def stage(self) -> Stage:
         """The latest stage set (the one new batches get)."""
-        return dict(self.history[-1][2])
+        return make_stage(self.cfg, self.history[-1][2])
 
     # --- loader hooks ----------------------------------------------------------------------------------------
     def begin_iter(self) -> None:

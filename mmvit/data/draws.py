@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mmvit.data.rng import Purpose, rng
 from mmvit.data.sources.base import Item, Source, Stream, ViewsConfig
 
 
@@ -103,7 +104,7 @@ class Mixer:
             return None
         if not self.train:
             return live[0]
-        u = np.random.default_rng([self.seed, self.slot, self.j, 3]).random()
+        u = rng(Purpose.SOURCE_PICK, self.seed, self.slot, self.j).random()
         w = self.weights[live] / self.weights[live].sum()
         return live[min(int(np.searchsorted(np.cumsum(w), u, side="right")), len(live) - 1)]
 

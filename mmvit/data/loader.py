@@ -13,14 +13,13 @@ import math
 import multiprocessing
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
-from mmvit.data.config import DataConfig, make_stage, resolve_data_config
+from mmvit.data.config import DataConfig, resolve_data_config
 from mmvit.data.control import DataControl, SharedState
 from mmvit.data.sources import SourceContext, build_sources
 from mmvit.data.sources.base import Source
+from mmvit.data.stage import Stage, make_stage, mean_tokens
 from mmvit.data.stream import PackedStream
 from mmvit.token_drop import make_rate_fn
 
@@ -52,24 +51,9 @@ class PackedLoader(DataLoader):
             raise
 
 
-def expected_tokens(cfg: DataConfig, kind: str, samples: int = 256) -> float:
-    """Mean kept tokens per example of ``kind`` for square inputs under the config's first stage."""
-    stage = make_stage(cfg, None)
-    rng = np.random.default_rng(0)
-    rate_fn = make_rate_fn(cfg.drop_rate)
-    gen = torch.Generator().manual_seed(0)
-    total = 0.0
-    for _ in range(samples):
-        pt, ph, pw = cfg.patch_list()[int(rng.integers(len(cfg.patch_list())))]
-        nt = stage.frames // pt if kind == "video" else 1
-        budget = min(stage.resolution.budget(stage.resolution.draw(rng), (ph, pw), nt), max(1, cfg.token_cap // nt))
-        n = nt * budget
-        total += n * (1.0 - (rate_fn(n, gen) if rate_fn is not None else 0.0))
-    return total / samples
-
-
 def estimate_batches_per_epoch(cfg: DataConfig, sources: list[Source], world_size: int) -> int:
-    """``ceil(samples / (world_size * expected examples per batch))``: one pass over the data per epoch."""
+    """``ceil(samples / (world_size * expected examples per batch))``: one pass over the data per epoch, at
+    the full stage's expected tokens per example (:func:`mmvit.data.stage.mean_tokens`), ~5% padding."""
     counts = [s.num_items() for s in sources]
     if any(c is None for c in counts):
         raise ValueError("data.batches_per_epoch is needed when a source does not know its size (give the "
@@ -77,15 +61,18 @@ def estimate_batches_per_epoch(cfg: DataConfig, sources: list[Source], world_siz
     total = sum(counts)
     if total == 0:
         raise ValueError("the training sources hold no samples")
-    tokens = sum(c * expected_tokens(cfg, getattr(s, "kind", "image")) for s, c in zip(sources, counts)) / total
-    per_batch = cfg.batch_rows * cfg.seq_len * 0.95 / max(tokens, 1.0)  # ~5% padding
+    stage, rate_fn = cfg.full_stage(), make_rate_fn(cfg.drop_rate)
+    per_kind = {video: mean_tokens(cfg, stage, video=video, rate_fn=rate_fn) for video in (False, True)}
+    tokens = sum(c * (s.video_fraction() * per_kind[True] + (1 - s.video_fraction()) * per_kind[False])
+                 for s, c in zip(sources, counts)) / total
+    per_batch = cfg.batch_rows * cfg.seq_len * 0.95 / max(tokens, 1.0)
     if cfg.max_per_row is not None:
         per_batch = min(per_batch, cfg.batch_rows * cfg.max_per_row)
     return max(1, math.ceil(total / (world_size * per_batch)))
 
 
 def build_loader(data_cfg: dict | DataConfig, *, split: str, rank: int, world_size: int, seed: int,
-                 stage: dict | None = None, train: bool) -> tuple[PackedLoader, DataControl]:
+                 stage: Stage | dict | None = None, train: bool) -> tuple[PackedLoader, DataControl]:
     """A DataLoader of :class:`mmvit.PackedBatch` es of exactly ``[batch_rows, seq_len]``, and its control.
 
     Args:

@@ -9,25 +9,27 @@ whose patch count fits the budget, found by binary search as NaFlex does. Distri
 - ``truncnorm``: a normal truncated to ``[min, max]``, by default centred on ``min`` so that small sizes are
   the most frequent (the variant NaViT found best).
 - ``fixed``: a uniform choice from ``values`` (one value gives one fixed size, e.g. for evaluation).
+
+:class:`ResolutionConfig` is the one place that knows these distributions: drawing, the budget a drawn
+value gives, their moments (which the curricula use to cost a stage) and scaling them (multigrid's coarse
+stages). The data config, the curriculum stages and the loader workers all hold one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 
-from mmvit.config import from_dict
+from mmvit.packing import as_patch_size
+from mmvit.typed import from_dict, num
 
-
-def _pair(patch: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(patch, int):
-        return patch, patch
-    ph, pw = (int(p) for p in patch[-2:])
-    return ph, pw
+# Rejection sampling of the truncated normal: acceptance is >= 1/3 for the default mean at the lower bound,
+# so 1,000 tries fail with probability < (2/3)^1000; a distribution that still fails is far off its range.
+_TRUNCNORM_TRIES = 1000
+_MOMENT_POINTS = 512  # midpoint rule for the truncated normal's moments
 
 
 def _grid(n_long: int, ratio: float) -> int:
@@ -35,7 +37,7 @@ def _grid(n_long: int, ratio: float) -> int:
     return max(1, math.floor(n_long * ratio + 0.5))
 
 
-def fit_to_budget(h: int, w: int, patch: int | Sequence[int], max_tokens: int) -> tuple[int, int]:
+def fit_to_budget(h: int, w: int, patch, max_tokens: int) -> tuple[int, int]:
     """The largest ``(h2, w2)``, multiples of the patch size, with the aspect ratio of ``(h, w)`` and at most
     ``max_tokens`` patches.
 
@@ -46,7 +48,7 @@ def fit_to_budget(h: int, w: int, patch: int | Sequence[int], max_tokens: int) -
     """
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got {h}x{w}")
-    ph, pw = _pair(patch)
+    _, ph, pw = as_patch_size(patch)
     budget = max(1, int(max_tokens))
     gh, gw = h / ph, w / pw  # extent in patch units
     h_long = gh >= gw
@@ -63,7 +65,7 @@ def fit_to_budget(h: int, w: int, patch: int | Sequence[int], max_tokens: int) -
     return nh * ph, nw * pw
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ResolutionConfig:
     """A resolution distribution: the ``resolution:`` entry of the data config or of a curriculum stage.
 
@@ -78,37 +80,52 @@ class ResolutionConfig:
 
     type: Literal["uniform", "truncnorm", "fixed"] = "uniform"
     mode: Literal["side", "tokens"] = "side"
-    min: float = 64
-    max: float = 256
+    min: float = num(64, gt=0)
+    max: float = num(256, gt=0)
     mean: float | None = None
-    std: float | None = None
-    values: list[float] | None = None
+    std: float | None = num(None, gt=0)
+    values: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.type not in ("uniform", "truncnorm", "fixed"):
-            raise ValueError(f"resolution type must be uniform, truncnorm or fixed, got {self.type!r}")
-        if self.mode not in ("side", "tokens"):
-            raise ValueError(f"resolution mode must be side or tokens, got {self.mode!r}")
         if self.type == "fixed":
             if not self.values or min(self.values) <= 0:
                 raise ValueError("resolution type fixed needs a non-empty list of positive values")
-        elif not 0 < self.min <= self.max:
-            raise ValueError(f"resolution needs 0 < min <= max, got min={self.min}, max={self.max}")
+        elif self.min > self.max:
+            raise ValueError(f"resolution needs min <= max, got min={self.min}, max={self.max}")
         if self.type != "truncnorm" and (self.mean is not None or self.std is not None):
             raise ValueError(f"mean/std only apply to resolution type truncnorm, not {self.type!r}")
         if self.type != "fixed" and self.values is not None:
             raise ValueError(f"values only apply to resolution type fixed, not {self.type!r}")
-        if self.std is not None and self.std <= 0:
-            raise ValueError(f"truncnorm std must be positive, got {self.std}")
 
     @classmethod
-    def parse(cls, spec: dict | ResolutionConfig | float) -> ResolutionConfig:
+    def parse(cls, spec: dict | ResolutionConfig | float, where: str = "data.resolution") -> ResolutionConfig:
         """From a dict; a bare number means one fixed side length."""
         if isinstance(spec, ResolutionConfig):
             return spec
-        if isinstance(spec, (int, float)):
-            return cls(type="fixed", values=[float(spec)])
-        return from_dict(cls, spec, "data.resolution")
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            return cls(type="fixed", values=(float(spec),))
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where} must be a mapping or a number, got {spec!r}")
+        return from_dict(cls, spec, where)
+
+    def to_dict(self) -> dict:
+        """The config entry (only the keys that matter for this type), JSON-able."""
+        out: dict = {"type": self.type, "mode": self.mode}
+        if self.type == "fixed":
+            out["values"] = list(self.values)
+        else:
+            out.update(min=self.min, max=self.max)
+            if self.mean is not None:
+                out["mean"] = self.mean
+            if self.std is not None:
+                out["std"] = self.std
+        return out
+
+    # -- drawing ------------------------------------------------------------------------------------------
+    def _normal(self) -> tuple[float, float]:
+        mean = self.min if self.mean is None else self.mean
+        std = (self.max - self.min) / 2 if self.std is None else self.std
+        return mean, max(std, 1e-6)
 
     def draw(self, rng: np.random.Generator) -> float:
         """One value (side length or token budget) from the distribution."""
@@ -116,18 +133,50 @@ class ResolutionConfig:
             return float(self.values[int(rng.integers(len(self.values)))])
         if self.type == "uniform":
             return float(rng.uniform(self.min, self.max))
-        mean = self.min if self.mean is None else self.mean
-        std = (self.max - self.min) / 2 if self.std is None else self.std
-        for _ in range(1000):  # rejection: acceptance is >= 1/3 for the default mean at the lower bound
+        mean, std = self._normal()
+        for _ in range(_TRUNCNORM_TRIES):
             x = float(rng.normal(mean, std))
             if self.min <= x <= self.max:
                 return x
         return float(np.clip(mean, self.min, self.max))
 
-    def budget(self, value: float, patch: int | Sequence[int], time_slices: int = 1) -> int:
+    def budget(self, value: float, patch, time_slices: int = 1) -> int:
         """Spatial patches per time slice for a drawn value: ``(r / ph) * (r / pw)`` for a side length ``r``;
         a token budget is shared by the ``time_slices`` (frames / tubelet length) of a video."""
         if self.mode == "tokens":
             return max(1, int(value) // max(1, time_slices))
-        ph, pw = _pair(patch)
+        _, ph, pw = as_patch_size(patch)
         return max(1, int(value * value / (ph * pw)))
+
+    # -- moments and scaling (curricula) ---------------------------------------------------------------------
+    def largest(self) -> float:
+        """The largest value drawn, as a side length (``sqrt`` of a token budget)."""
+        top = float(max(self.values)) if self.type == "fixed" else float(self.max)
+        return math.sqrt(top) if self.mode == "tokens" else top
+
+    def mean_cost(self) -> float:
+        """``E[side^2]`` (what tokens per frame grow with), or ``E[tokens]`` in ``mode: tokens``."""
+        tokens = self.mode == "tokens"
+        if self.type == "fixed":
+            return sum(v if tokens else v * v for v in self.values) / len(self.values)
+        a, b = float(self.min), float(self.max)
+        if self.type == "uniform":
+            return (a + b) / 2 if tokens else (a * a + a * b + b * b) / 3
+        mean, std = self._normal()
+        xs = [a + (b - a) * (i + 0.5) / _MOMENT_POINTS for i in range(_MOMENT_POINTS)]
+        ws = [math.exp(-0.5 * ((x - mean) / std) ** 2) for x in xs]
+        return sum(w * (x if tokens else x * x) for w, x in zip(ws, xs)) / sum(ws)
+
+    def scaled(self, factor: float, min_size: int = 1) -> ResolutionConfig:
+        """Every side length times ``factor`` (token budgets times ``factor ** 2``), rounded to whole pixels
+        (tokens), at least ``min_size``: ``{uniform, 64..256}`` x 0.5 is ``32..128``."""
+        f = factor * factor if self.mode == "tokens" else factor
+
+        def r(v: float) -> float:
+            return float(max(min_size, round(v * f)))
+
+        if self.type == "fixed":
+            return dataclasses.replace(self, values=tuple(r(v) for v in self.values))
+        return dataclasses.replace(self, min=r(self.min), max=r(self.max),
+                                   mean=None if self.mean is None else r(self.mean),
+                                   std=None if self.std is None else float(self.std) * f)

@@ -10,9 +10,10 @@ given; their range is checked by the loader (``num_classes``). An index file nex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -26,6 +27,33 @@ from mmvit.data.sources.lists import (
     VideoList,
     parse_list,
 )
+
+
+@dataclasses.dataclass
+class ShardSample:
+    """One sample as a shard stores it: ``KEY.<ext>`` (the encoded file), ``KEY.cls``, ``KEY.json``."""
+
+    key: str            # no dots (webdataset splits member names on the first dot)
+    ext: str            # png, jpg, mp4, webm, ...
+    data: bytes
+    label: int | str
+    sidecar: dict       # width, height, frames, fps (the loader plans packing from these), anything else
+
+
+def write_samples(pattern: str, samples: Iterable[ShardSample], *, maxcount: int = 1000, maxsize: float = 1e9,
+                  mtime: float | None = None) -> int:
+    """Write ``samples`` into ``pattern`` shards (``webdataset.ShardWriter``); returns the number of shards.
+    ``mtime`` fixes the tar members' times, so that the same samples give byte-identical shards."""
+    import webdataset as wds
+
+    kwargs = {} if mtime is None else {"mtime": mtime}
+    with wds.ShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0, **kwargs) as sink:
+        for sample in samples:
+            if "." in sample.key:
+                raise ValueError(f"shard key {sample.key!r} contains a dot")
+            sink.write({"__key__": sample.key, sample.ext: sample.data, "cls": str(sample.label).encode(),
+                        "json": json.dumps(sample.sidecar, sort_keys=True).encode()})
+        return sink.shard  # ShardWriter counts the shard it opened last (one, even if empty)
 
 
 def _kind(path: str) -> str:
@@ -46,8 +74,6 @@ def write_shards(list_file: str, pattern: str, *, root: str | None = None, maxco
         maxcount, maxsize: shard limits (samples, bytes).
         shuffle, seed: shuffle the samples before writing (webdataset training reads shards in order).
     """
-    import webdataset as wds
-
     root = root if root is not None else os.path.dirname(os.path.abspath(list_file))
     entries = parse_list(list_file)
     # Reuse the list sources for label parsing (names -> indices) and the root check; image and video lists
@@ -61,8 +87,9 @@ def write_shards(list_file: str, pattern: str, *, root: str | None = None, maxco
     out_dir = os.path.dirname(os.path.abspath(pattern))
     os.makedirs(out_dir, exist_ok=True)
     decoder = VideoDecoder("pyav", timeout_s=decode_timeout_s, isolation="none")
-    written, skipped = 0, 0
-    with wds.ShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
+    counts = {"written": 0, "skipped": 0}
+
+    def good_samples() -> Iterable[ShardSample]:
         for n, i in enumerate(order):
             item = source.item(int(i))
             ext = os.path.splitext(item.path)[1].lower().lstrip(".")
@@ -79,15 +106,14 @@ def write_shards(list_file: str, pattern: str, *, root: str | None = None, maxco
                 with open(item.path, "rb") as f:
                     data = f.read()
             except BadSample as e:
-                skipped += 1
+                counts["skipped"] += 1
                 report(f"skip {e.path}: {e.cause}{f' ({e.detail})' if e.detail else ''}")
                 continue
-            sidecar["path"] = item.id
-            key = f"{n:09d}"
-            sink.write({"__key__": key, ext: data, "cls": str(item.label).encode(),
-                        "json": json.dumps(sidecar).encode()})
-            written += 1
-        total_shards = sink.shard  # ShardWriter counts the shard it opened last (one, even if empty)
+            counts["written"] += 1
+            yield ShardSample(key=f"{n:09d}", ext=ext, data=data, label=item.label, sidecar={**sidecar, "path": item.id})
+
+    total_shards = write_samples(pattern, good_samples(), maxcount=maxcount, maxsize=maxsize)
+    written, skipped = counts["written"], counts["skipped"]
     names = [os.path.basename(pattern % k) for k in range(total_shards)]
     index = {"shards": names, "num_samples": written, "skipped": skipped,
              "classes": source.classes, "list": os.path.abspath(list_file)}

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmvit.data.augment import random_resized_crop, scale_box, to_sample, view_box
-from mmvit.data.config import DataConfig, PatchSize, Stage, make_stage
+from mmvit.data.config import DataConfig
 from mmvit.data.control import SharedState
 from mmvit.data.draws import Draw, Mixer
 from mmvit.data.errors import BadSample, SkipCounter, TooManyBadSamples
@@ -36,9 +36,10 @@ from mmvit.data.frames import sample_frames
 from mmvit.data.packer import select_examples
 from mmvit.data.readers.image import decode_image, probe_image
 from mmvit.data.readers.video import VideoDecoder
-from mmvit.data.resolution import fit_to_budget
+from mmvit.data.rng import Purpose, rng
 from mmvit.data.sources.base import Source
-from mmvit.packing import PackedBatch, pack
+from mmvit.data.stage import Stage, make_stage, plan_tokens
+from mmvit.packing import PackedBatch, PatchSize, pack
 from mmvit.token_drop import make_rate_fn, num_kept
 
 
@@ -62,7 +63,9 @@ class Waiting:
 
 
 @dataclasses.dataclass
-class Plan:
+class ExamplePlan:
+    """How one waiting example goes into the next batch (all drawn from its own RNG, see ``_Worker.rng``)."""
+
     box: tuple[int, int, int, int]
     flip: bool
     size: tuple[int, int]
@@ -87,7 +90,7 @@ class _Worker:
         self.exhausted = False
         self.bad_run = 0  # bad draws in a row: an endless stream of nothing but bad samples must end
         self.rate_fn = make_rate_fn(self.cfg.drop_rate) if ds.train else None
-        self.augment = self.cfg.augment_config()
+        self.augment = self.cfg.augment
 
     # --- state ---------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -159,61 +162,57 @@ class _Worker:
         """Per-example randomness. Evaluation keys it by the example's identity, so that its size does not
         depend on how examples are spread over ranks and workers."""
         if self.ds.train:
-            return np.random.default_rng([self.ds.seed, self.slot, w.draw.j, 5])
+            return rng(Purpose.EXAMPLE, self.ds.seed, self.slot, w.draw.j)
         ident = zlib.crc32(f"{w.draw.sid}/{w.draw.item.id}/{w.draw.view}".encode())
-        return np.random.default_rng([self.ds.seed, ident, 5])
+        return rng(Purpose.EXAMPLE, self.ds.seed, ident)
 
-    def plan(self, w: Waiting, stage: Stage, patch: PatchSize) -> Plan:
+    def plan(self, w: Waiting, stage: Stage, patch: PatchSize) -> ExamplePlan:
         cfg, train = self.cfg, self.ds.train
         item = w.draw.item
-        rng = self.rng(w)
+        r = self.rng(w)
         h, w_ = int(w.info["height"]), int(w.info["width"])
-        video = item.kind == "video"
         views = self.ds.sources[w.draw.sid].views
         if train and self.augment.crop:
-            box = random_resized_crop(h, w_, self.augment.crop_scale, self.augment.crop_ratio, rng)
+            box = random_resized_crop(h, w_, self.augment.crop_scale, self.augment.crop_ratio, r)
         else:
             _, spatial = views.decode(max(w.draw.view, 0), item.kind)
             box = view_box(h, w_, spatial, views.spatial)
-        flip = bool(train and rng.random() < self.augment.flip)
-        value = stage.resolution.draw(rng)
-        frame_seed = int(rng.integers(2**62))
-        pt, ph, pw = patch
-        frames = stage.frames if video else 1
-        nt = frames // pt if video else 1
-        cap = max(1, cfg.token_cap // nt)
-        if stage.token_budget is not None:
-            budget = max(1, stage.token_budget // nt)
-        else:
-            budget = stage.resolution.budget(value, (ph, pw), nt)
-        size = fit_to_budget(box[2], box[3], (ph, pw), min(budget, cap))
-        tokens = nt * (size[0] // ph) * (size[1] // pw)
+        flip = bool(train and r.random() < self.augment.flip)
+        value = stage.resolution.draw(r)
+        frame_seed = int(r.integers(2**62))
+        size, frames, tokens = plan_tokens(stage, video=item.kind == "video", box_hw=(box[2], box[3]), value=value,
+                                           patch=patch, token_cap=cfg.token_cap)
         rate, kept = 0.0, tokens
         if self.rate_fn is not None:
-            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            gen = torch.Generator().manual_seed(int(r.integers(2**62)))
             rate = float(self.rate_fn(tokens, gen))
             kept = num_kept(tokens, rate)
-        return Plan(box, flip, size, frames, tokens, kept, rate, frame_seed)
+        return ExamplePlan(box, flip, size, frames, tokens, kept, rate, frame_seed)
 
     # --- decoding ------------------------------------------------------------------------------------------
-    def decode(self, w: Waiting, plan: Plan) -> tuple[torch.Tensor, dict]:
+    def decode(self, w: Waiting, plan: ExamplePlan) -> tuple[torch.Tensor, dict]:
         cfg, train = self.cfg, self.ds.train
         item, info = w.draw.item, w.info
-        views = self.ds.sources[w.draw.sid].views
+        source = self.ds.sources[w.draw.sid]
+        views = source.views
         t_view, s_view = views.decode(max(w.draw.view, 0), item.kind)
         meta: dict[str, Any] = {"path": item.path, "kind": item.kind, "id": item.id, "view": max(w.draw.view, 0),
-                                "label": item.label, "source": self.ds.sources[w.draw.sid].name,
+                                "label": item.label, "source": source.name,
                                 "orig_size": [int(info["height"]), int(info["width"])], "size": list(plan.size)}
         start = time.monotonic()
         if item.kind == "image":
-            frames = decode_image(item.src, item.path, cfg.max_image_pixels)[None]
+            frames = source.load(item, [0])
+            if frames is None:
+                frames = decode_image(item.src, item.path, cfg.max_image_pixels)[None]
             if cfg.decode_timeout_s is not None and time.monotonic() - start > cfg.decode_timeout_s:
                 raise BadSample("timeout", item.path, f"took {time.monotonic() - start:.1f} s > decode_timeout_s")
         else:
             indices, repeated = sample_frames(
                 int(info["frames"]), plan.frames, sampling=cfg.sampling, interval=cfg.frame_interval, train=train,
                 rng=np.random.default_rng(plan.frame_seed), view=t_view, num_views=views.temporal)
-            frames = self.ds.decoder().read(item.src, item.path, indices, info)
+            frames = source.load(item, indices)
+            if frames is None:
+                frames = self.ds.decoder().read(item.src, item.path, indices, info)
             meta.update(video_id=item.id, frame_indices=indices, repeated_frames=repeated,
                         temporal_view=t_view, spatial_view=s_view)
         box = scale_box(plan.box, (int(info["height"]), int(info["width"])), frames.shape[1:3])
@@ -227,12 +226,12 @@ class _Worker:
         patches = self.cfg.patch_list()
         if not self.ds.train or len(patches) == 1:
             return patches[0]
-        return patches[int(np.random.default_rng([self.ds.seed, self.ds.rank, g, 13]).integers(len(patches)))]
+        return patches[int(rng(Purpose.PATCH_SIZE, self.ds.seed, self.ds.rank, g).integers(len(patches)))]
 
     def next_batch(self, g: int, stage: Stage, stage_id: int) -> StreamBatch | None:
         cfg = self.cfg
         patch = self.patch_for(g, stage)
-        chosen: list[tuple[Waiting, Plan, torch.Tensor, dict]] = []
+        chosen: list[tuple[Waiting, ExamplePlan, torch.Tensor, dict]] = []
         while True:
             self.refill()
             if not self.waiting:
@@ -263,8 +262,7 @@ class _Worker:
             return None
         rates = [c[1].rate for c in chosen]
         drop = rates if any(r > 0 for r in rates) else None
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([self.ds.seed, self.ds.rank, g, 17])
-                                                .integers(2**62)))
+        gen = torch.Generator().manual_seed(int(rng(Purpose.PACK, self.ds.seed, self.ds.rank, g).integers(2**62)))
         for c in chosen:
             c[3]["stage_id"] = stage_id
         batch = pack([c[2] for c in chosen], patch_size=patch, seq_len=cfg.seq_len, max_per_row=cfg.max_per_row,

@@ -69,27 +69,6 @@ def build_parser(kind: str = "video") -> argparse.ArgumentParser:
     return parser
 
 
-def init_distributed(local_rank_arg: int | None = None) -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)``; starts a gloo process group when ``WORLD_SIZE > 1``.
-
-    ``LOCAL_RANK`` from the environment wins over ``--local_rank`` (the deepspeed launcher sets both).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0))
-    if world <= 1:
-        return 0, 1, local_rank
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        # gloo also on CUDA machines: only pickled CPU objects are exchanged (all_gather_object).
-        dist.init_process_group("gloo")
-    if not torch.cuda.is_available():
-        # Ranks on one CPU machine share its cores: give each its part instead of all of them.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
 def default_out(checkpoint: str, split: str) -> str:
     """``<run dir>/eval/<split>`` for a weights file, a run dir or its ``checkpoints`` dir;
     ``<run dir>/eval/<tag>/<split>`` for one checkpoint ``<run dir>/checkpoints/<tag>``."""
@@ -105,22 +84,25 @@ def default_out(checkpoint: str, split: str) -> str:
 
 def main(argv: Sequence[str] | None = None, kind: str = "video") -> list[dict] | None:
     """Run the evaluation; returns the per-pass results on rank 0 (``None`` on other ranks)."""
+    from mmvit import dist
     from mmvit.eval import plots, report
-    from mmvit.eval.checkpoint import load_for_eval
-    from mmvit.eval.evaluate import EvalSettings, class_names, evaluate_rank, listed_counts, plan_passes, summarize
+    from mmvit.eval.evaluate import evaluate_rank
+    from mmvit.eval.plan import EvalSettings, plan_passes
     from mmvit.eval.runner import gather_outputs
+    from mmvit.eval.summary import class_names, listed_counts, summarize
     from mmvit.eval.views import parse_view_sets
+    from mmvit.loading import load
 
     args = build_parser(kind).parse_args(argv)
     start = time.perf_counter()
-    rank, world, local_rank = init_distributed(args.local_rank)
+    rank, world, local_rank = dist.start_tool_group(args.local_rank)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(message)s" if world > 1 else "%(message)s")
     device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     overrides = [o for group in args.overrides for o in group]
-    loaded = load_for_eval(args.checkpoint, args.config, overrides, device=device)
+    loaded = load(args.checkpoint, args.config, overrides, device=device)
     cfg = loaded.cfg
     if kind == "video":
         view_sets = parse_view_sets(args.views, add_full=not args.no_full_view)
@@ -160,9 +142,5 @@ def main(argv: Sequence[str] | None = None, kind: str = "video") -> list[dict] |
             for w in r.get("warnings", []):
                 print(f"warning: {r['name']}: {w}")
         print(f"wrote {', '.join(os.path.relpath(p) for p in paths)}")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+    dist.end_tool_group()
     return results

@@ -113,8 +113,10 @@ def example_key(meta: dict) -> tuple[str, int, str]:
 
 
 @torch.inference_mode()
-def run_eval(model: torch.nn.Module, loader: Iterable[PackedBatch], *, device: torch.device | str = "cpu",
-             kinds: Iterable[str] | None = None, max_batches: int | None = None, warmup: bool = True) -> RankOutput:
+def evaluate_loader(model: torch.nn.Module, loader: Iterable[PackedBatch], *, device: torch.device | str = "cpu",
+                    kinds: Iterable[str] | None = None, max_batches: int | None = None, warmup: bool = True,
+                    lockstep: bool = False, dummy_batch: PackedBatch | None = None,
+                    dtype: torch.dtype | None = None) -> RankOutput:
     """Evaluate every batch of ``loader``; logits are kept in float32 on the CPU.
 
     Args:
@@ -124,8 +126,15 @@ def run_eval(model: torch.nn.Module, loader: Iterable[PackedBatch], *, device: t
         kinds: keep only examples of these kinds (a mixed source evaluated for its videos skips its images).
         max_batches: stop after this many batches (smoke runs: some videos lose some of their views).
         warmup: run the first batch once untimed (lazy initialization, allocator and kernel caches), so that
-            the forward time measures the steady state.
+            the forward time measures the steady state (never in lockstep).
+        lockstep: the ranks agree before every batch whether any of them still has one (an all-reduce), and
+            a rank that has run out forwards ``dummy_batch`` (or its last batch) and discards the result, so
+            that every rank takes part in every forward: a ZeRO-3 forward gathers parameters from all ranks,
+            and ranks hold different numbers of evaluation batches.
+        dtype: the model's weight dtype; patches are cast to it (DeepSpeed's bf16/fp16 modes do not cast).
     """
+    from mmvit import dist
+
     model.eval()
     device = torch.device(device)
     keep_kinds = set(kinds) if kinds is not None else None
@@ -136,16 +145,36 @@ def run_eval(model: torch.nn.Module, loader: Iterable[PackedBatch], *, device: t
     logits: list[torch.Tensor] = []
     tp = Throughput()
     start = time.perf_counter()
-    for step, batch in enumerate(loader):
-        if max_batches is not None and step >= max_batches:
+    it = iter(loader)
+    def prepare(b: PackedBatch) -> PackedBatch:
+        b = b.to(device)
+        return b if dtype is None else dataclasses.replace(b, patches=b.patches.to(dtype))
+
+    spare = None if dummy_batch is None else prepare(dummy_batch)
+    step = 0
+    while True:
+        batch = next(it, None) if max_batches is None or step < max_batches else None
+        if lockstep:
+            more = dist.all_reduce_sum(torch.tensor([float(batch is not None)], device=device))
+            if float(more[0]) == 0:
+                break
+            if batch is None:
+                if spare is None:
+                    raise RuntimeError("lockstep evaluation: this rank has no batch to join the others' forward "
+                                       "with; pass dummy_batch")
+                model(spare)
+                continue
+        elif batch is None:
             break
         if batch.labels is None or batch.meta is None:
             raise ValueError("evaluation batches need labels and meta (video_id/id, view, kind) per example")
-        batch = batch.to(device)
-        if warmup and step == 0:
+        batch = prepare(batch)
+        spare = batch if spare is None else spare
+        if warmup and step == 0 and not lockstep:
             model(batch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+        step += 1
         t0 = time.perf_counter()
         out = model(batch)
         if device.type == "cuda":
@@ -184,12 +213,9 @@ def gather_outputs(outputs: list[RankOutput]) -> list[list[RankOutput]]:
 
     Without an initialized process group (or with one rank) this is ``[outputs]``.
     """
-    import torch.distributed as dist
+    from mmvit import dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [outputs]
-    parts: list[list[RankOutput] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, outputs)
+    parts = dist.all_gather_object(outputs)
     if any(p is None or len(p) != len(outputs) for p in parts):
         raise RuntimeError("ranks ran different numbers of evaluation passes")
     return parts  # type: ignore[return-value]

@@ -1,36 +1,35 @@
-"""``build_model``: a config's ``model:`` section to an ``nn.Module``, optionally with weights."""
+"""``build_model``: a config's ``model:`` section to an ``nn.Module``, optionally with trained weights.
+
+It only builds: pretrained weights named by ``model.init_from`` are applied by whoever builds for training
+(``mmvit.pretrained.apply_init_from``), so that building a trained model from its exported config never
+reaches for the original pretrained file.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from mmvit.config import Config
 from mmvit.registry import MODELS
 
 
-def load_weights(model: torch.nn.Module, path: str) -> None:
-    """Strictly load a ``.safetensors`` file, or a ``.pt/.pth`` state dict read with ``weights_only=True``."""
-    from mmvit.pretrained.load import read_state_dict
-
-    state = read_state_dict(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise KeyError(f"{path}: weights do not match the model; missing {missing[:8]}, unexpected {unexpected[:8]}")
+def model_section(cfg: Mapping) -> dict:
+    """The ``model:`` dict of a full config, or ``cfg`` itself when it is one."""
+    if isinstance(cfg.get("model"), Mapping):
+        return dict(cfg["model"])
+    return dict(cfg)
 
 
-def build_model(cfg: Config | dict, weights: str | None = None, device=None, dtype=None) -> torch.nn.Module:
-    """Build from a full :class:`Config` (uses its ``model`` section) or from a ``model:`` dict."""
+def build_model(cfg: Mapping, weights: str | None = None, device=None, dtype=None) -> torch.nn.Module:
+    """Build from a full config (its ``model`` section) or from a ``model:`` dict; ``weights``: a weights
+    file loaded strictly (see :func:`mmvit.checkpoint.load_weights`)."""
     import mmvit.models  # noqa: F401  (registers the built-in components)
+    from mmvit.checkpoint import load_weights
 
-    model_cfg = dict(cfg["model"] if isinstance(cfg, Config) else cfg)
+    model_cfg = model_section(cfg)
     model_cfg.setdefault("type", "navit")
     model = MODELS.build(model_cfg, device=device, dtype=dtype)
-    init_from = getattr(getattr(model, "cfg", None), "init_from", None)
     if weights is not None:
         load_weights(model, weights)
-    elif init_from:
-        from mmvit.pretrained import load_pretrained
-
-        # Kept on the model so that the trainer can log what was loaded, resampled or initialised.
-        model.pretrained_report = load_pretrained(model, **init_from)
     return model

@@ -18,14 +18,14 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from mmvit.config import from_dict
-from mmvit.models.attention import BACKENDS, Attention
+from mmvit.models.attention import Attention
 from mmvit.models.layout import SeqLayout, build_layout
 from mmvit.models.mlp import Mlp
 from mmvit.models.pooling import ClsPool, MAPPool, MeanPool
 from mmvit.models.variants import decode_variant
 from mmvit.packing import PackedBatch
 from mmvit.registry import HEADS, MODELS, POS_EMBEDS, TOKENIZERS
+from mmvit.typed import from_dict, num
 
 
 @dataclasses.dataclass
@@ -38,8 +38,8 @@ class NaViTConfig:
     heads: int | None = None
     mlp_dim: int | None = None
     patch_size: int | None = None          # base patch size of the tokenizer kernel
-    in_chans: int = 3
-    num_classes: int = 0                   # 0: forward() returns pooled features
+    in_chans: int = num(3, ge=1)
+    num_classes: int = num(0, ge=0)        # 0: forward() returns pooled features
     tokenizer: dict = dataclasses.field(default_factory=lambda: {"type": "patch2d"})
     pos_embed: dict = dataclasses.field(default_factory=lambda: {"type": "learned"})
     pool: Literal["map", "mean", "cls"] = "map"
@@ -48,9 +48,9 @@ class NaViTConfig:
     attention: Literal["auto", "xformers", "segments", "dense"] = "auto"
     qk_norm: bool = True
     bias: bool = False
-    drop_path: float = 0.0
+    drop_path: float = num(0.0, ge=0.0, lt=1.0)
     grad_checkpointing: bool = False
-    norm_eps: float = 1e-6
+    norm_eps: float = num(1e-6, gt=0.0)
     init_from: dict | None = None          # {path, format}: pretrained weights, see mmvit.pretrained
 
     def __post_init__(self):
@@ -61,10 +61,8 @@ class NaViTConfig:
         for key in ("width", "depth", "heads", "mlp_dim", "patch_size"):
             if getattr(self, key) is None:
                 raise ValueError(f"model: {key} is not set (give a variant such as 'S/16' or set {key})")
-        if self.pool not in ("map", "mean", "cls"):
-            raise ValueError(f"model.pool must be map, mean or cls, got {self.pool!r}")
-        if self.attention not in BACKENDS:
-            raise ValueError(f"model.attention must be one of {BACKENDS}, got {self.attention!r}")
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
 
 
 def drop_path_mask(layout: SeqLayout, p: float, device) -> torch.Tensor:

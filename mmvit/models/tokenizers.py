@@ -19,32 +19,23 @@ import torch
 import torch.nn as nn
 
 from mmvit.ops.resize import inflate_kernel, pi_resize
+from mmvit.packing import as_patch_size
 from mmvit.registry import TOKENIZERS
-
-
-def _pair(p: int | Sequence[int]) -> tuple[int, int]:
-    return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
 
 
 class _LinearPatchEmbed(nn.Module):
     """A conv kernel ``[D, C, t, ph, pw]`` applied as a matmul to flattened patches."""
 
-    frames: int
-
     def __init__(self, dim: int, in_chans: int, patch_size: int | Sequence[int], frames: int, bias: bool,
                  device=None, dtype=None):
         super().__init__()
-        ph, pw = _pair(patch_size)
+        _, ph, pw = as_patch_size(patch_size)
         self.dim, self.in_chans, self.frames = dim, in_chans, frames
         self.weight = nn.Parameter(torch.empty(dim, in_chans, frames, ph, pw, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype)) if bias else None
         # LeCun-normal on the fan-in, as for a ViT patch embedding.
         fan_in = in_chans * frames * ph * pw
         nn.init.trunc_normal_(self.weight, std=math.sqrt(1.0 / fan_in))
-
-    @property
-    def base_patch_size(self) -> tuple[int, int, int]:
-        return tuple(self.weight.shape[2:])  # type: ignore[return-value]
 
     def kernel(self, patch_size: tuple[int, int, int]) -> torch.Tensor:
         """The kernel for the batch's patch size ``(pt, ph, pw)``: ``[D, C*pt*ph*pw]``."""
@@ -80,8 +71,6 @@ class Tubelet(_LinearPatchEmbed):
     def __init__(self, dim: int, in_chans: int = 3, patch_size: int | Sequence[int] = 16, frames: int = 2,
                  init: Literal["random", "inflate", "central_frame"] = "central_frame", bias: bool = True,
                  device=None, dtype=None):
-        if init not in ("random", "inflate", "central_frame"):
-            raise ValueError(f"tubelet init must be random, inflate or central_frame, got {init!r}")
         super().__init__(dim, in_chans, patch_size, frames, bias, device, dtype)
         self.init_mode = init
         if init != "random":

@@ -5,7 +5,8 @@ DeepSpeed checkpoints (``export.py``).
     model = mmvit.build_model(timm_vit_config("S/16", num_classes=18))
     report = mmvit.load_pretrained(model, "vit_small_patch16_224.safetensors", format="timm")
 
-or in a config: ``model.init_from: {path: ..., format: timm}``. The returned :class:`LoadReport` lists
+or in a config: ``model.init_from: {path: ..., format: timm}`` (applied by the trainer through
+:func:`apply_init_from`). The returned :class:`LoadReport` lists
 every key as loaded, resampled, initialised or ignored, and is logged on ``mmvit.pretrained``.
 """
 
@@ -15,12 +16,13 @@ from typing import Callable, Literal
 
 import torch.nn as nn
 
-from mmvit.pretrained.load import Plan, apply_plan, convert_mmvit, read_state_dict
+from mmvit.checkpoint import read_state_dict
+from mmvit.pretrained.load import ConversionPlan, apply_plan, convert_mmvit
 from mmvit.pretrained.report import LoadReport
 from mmvit.pretrained.timm import convert_timm, timm_vit_config
 
-# format name -> converter(state, model, **options) -> Plan
-FORMATS: dict[str, Callable[..., Plan]] = {"timm": convert_timm, "mmvit": convert_mmvit}
+# format name -> converter(state, model, **options) -> ConversionPlan
+FORMATS: dict[str, Callable[..., ConversionPlan]] = {"timm": convert_timm, "mmvit": convert_mmvit}
 
 
 def load_pretrained(model: nn.Module, path: str, format: Literal["timm", "mmvit"] = "timm", *,
@@ -46,4 +48,15 @@ def load_pretrained(model: nn.Module, path: str, format: Literal["timm", "mmvit"
     return apply_plan(model, plan, list(state), path=path, format=format, strict_shapes=strict_shapes)
 
 
-__all__ = ["load_pretrained", "LoadReport", "timm_vit_config", "read_state_dict", "FORMATS"]
+def apply_init_from(model: nn.Module) -> LoadReport | None:
+    """Load ``model.cfg.init_from`` (``{path, format, ...}``) into ``model`` when the config names one; the
+    report is also kept as ``model.pretrained_report`` for the trainer's log. Called by whoever builds a
+    model for training; ``mmvit.build_model`` itself never loads pretrained weights."""
+    init_from = getattr(getattr(model, "cfg", None), "init_from", None)
+    if not init_from:
+        return None
+    model.pretrained_report = load_pretrained(model, **init_from)
+    return model.pretrained_report
+
+
+__all__ = ["load_pretrained", "apply_init_from", "LoadReport", "timm_vit_config", "read_state_dict", "FORMATS"]

@@ -1,6 +1,6 @@
 """Apply a converted checkpoint to a model and account for every key (the format-independent half).
 
-A converter (``timm.py``, ``convert_mmvit`` below) turns a checkpoint into a :class:`Plan`: for each model
+A converter (``timm.py``, ``convert_mmvit`` below) turns a checkpoint into a :class:`ConversionPlan`: for each model
 key the tensor to load and the checkpoint keys it came from, plus reasons for the checkpoint keys it did
 not use. :func:`apply_plan` then checks shapes against the model, resizes what can be resized (patch
 kernels through the tokenizer's ``load_2d``: FlexiViT PI-resize and ViViT inflation; position grids
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Callable
 
 import torch
@@ -33,7 +32,7 @@ class Entry:
 
 
 @dataclasses.dataclass
-class Plan:
+class ConversionPlan:
     entries: dict[str, Entry] = dataclasses.field(default_factory=dict)
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)   # checkpoint key -> why unused
     remarks: list[str] = dataclasses.field(default_factory=list)
@@ -43,33 +42,6 @@ class Plan:
 
     def skip(self, ckpt_key: str, reason: str) -> None:
         self.reasons[ckpt_key] = reason
-
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Read ``.safetensors``, or a ``.pth/.pt/.bin`` with ``weights_only=True`` (no code runs on load).
-
-    A ``state_dict`` or ``model`` entry (training checkpoints) is unwrapped, and a ``module.`` prefix on
-    every key (DataParallel) is removed.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"pretrained weights {path!r} do not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise ValueError(f"{path}: no tensors found")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
 
 
 def _missing_hint(model: nn.Module, key: str) -> str:
@@ -100,7 +72,7 @@ def _size(t: torch.Tensor | torch.Size) -> str:
     return "x".join(str(s) for s in (t.shape if isinstance(t, torch.Tensor) else t))
 
 
-def apply_plan(model: nn.Module, plan: Plan, ckpt_keys: list[str], *, path: str, format: str,
+def apply_plan(model: nn.Module, plan: ConversionPlan, ckpt_keys: list[str], *, path: str, format: str,
                strict_shapes: bool = True) -> LoadReport:
     """Check ``plan`` against ``model``, then load it; returns the report (see :class:`LoadReport`).
 
@@ -198,12 +170,12 @@ def _as_2d(src: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     return kernel
 
 
-def convert_mmvit(state: dict[str, torch.Tensor], model: nn.Module, **kwargs) -> Plan:
+def convert_mmvit(state: dict[str, torch.Tensor], model: nn.Module, **kwargs) -> ConversionPlan:
     """An mmvit export (``tools/export.py``): same key names, so only shapes can differ (new head, other
     patch or grid size, a 2D kernel going into a tubelet)."""
     if kwargs:
         raise TypeError(f"format 'mmvit' takes no options, got {sorted(kwargs)}")
-    plan = Plan()
+    plan = ConversionPlan()
     for key, value in state.items():
         plan.add(key, value, key)
     return plan

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from mmvit.models.variants import decode_variant
-from mmvit.pretrained.load import Plan
+from mmvit.pretrained.load import ConversionPlan
 
 _BLOCK_MODULES = ("norm1", "attn.qkv", "attn.q_norm", "attn.k_norm", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
 _POOL_MODULES = ("q", "kv", "proj", "norm", "mlp.fc1", "mlp.fc2")
@@ -66,14 +66,14 @@ def _grid_of(length: int, n_prefix: int, grid_size: Sequence[int] | None, model:
 
 
 def convert_timm(state: dict[str, torch.Tensor], model: nn.Module, *,
-                 grid_size: Sequence[int] | None = None) -> Plan:
+                 grid_size: Sequence[int] | None = None) -> ConversionPlan:
     """Map a timm ViT state dict onto ``model``'s keys (shapes are checked by ``apply_plan``).
 
     Args:
         grid_size: the checkpoint's native patch grid ``(gh, gw)``, needed only when it is not square and
             the model's ``grid2d`` does not have it.
     """
-    plan = Plan()
+    plan = ConversionPlan()
     for leaf in ("weight", "bias"):
         if f"patch_embed.proj.{leaf}" in state:
             plan.add(f"tokenizer.{leaf}", state[f"patch_embed.proj.{leaf}"], f"patch_embed.proj.{leaf}")

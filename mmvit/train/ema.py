@@ -12,8 +12,6 @@ import torch
 
 class EMA:
     def __init__(self, module: torch.nn.Module, decay: float, warmup: bool = True):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"train.ema_decay must be in (0, 1), got {decay}")
         self.decay, self.warmup, self.updates = decay, warmup, 0
         self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items()
                        if v.dtype.is_floating_point}

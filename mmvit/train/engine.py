@@ -1,19 +1,26 @@
-"""Everything DeepSpeed-specific in one place: process group, config, engine, backward, checkpoints, export.
+"""The trainer's only door to DeepSpeed: process group, config, the engine and its checkpoints.
 
-DeepSpeed 0.19.8 facts this relies on (see ../shared/REFERENCE.md and the installed source):
+``Engine`` wraps ``deepspeed.initialize``'s engine with the few operations the loop needs, so that the loop
+reads as plain training code and every DeepSpeed-specific fact lives here. (Reading DeepSpeed checkpoint
+files after training, e.g. ``zero_to_fp32``, is :mod:`mmvit.checkpoint`'s job.)
+
+DeepSpeed 0.19.8 facts this relies on (checked in its source: runtime/engine.py):
 - ``engine.backward(loss)`` divides the loss by the accumulation steps and the gradient all-reduce averages
-  over data-parallel ranks. Our loss is already a global mean (normalised by the count over all ranks and
-  micro-batches), so :func:`backward` passes ``scale_wrt_gas=False`` and multiplies by the data-parallel size:
-  the gradient the optimizer sees is exactly the gradient of the global mean.
+  over data-parallel ranks. mmvit's loss is already a global mean (normalised by the count over all ranks
+  and micro-batches), so :meth:`Engine.backward` passes ``scale_wrt_gas=False`` and multiplies by the
+  data-parallel size: the gradient the optimizer sees is exactly the gradient of the global mean.
 - With ZeRO >= 1 (and with bf16/fp16 wrappers) the optimizer checks the gradient norm and skips the update
   when it is not finite (``engine.was_step_applied()`` is then False). Plain fp32 without ZeRO has no such
   check, so a non-finite loss cannot be skipped there (the loop aborts instead).
-- ``gradient_clipping`` defaults to 1.0; it must be given explicitly. The rate is set by mmvit's schedule on
-  ``engine.optimizer.param_groups`` every step; a DeepSpeed ``scheduler`` section is refused.
+- ``gradient_clipping`` defaults to 1.0 when absent: it must be given explicitly. The rate is set by mmvit's
+  schedule on ``engine.optimizer.param_groups`` every step; a DeepSpeed ``scheduler`` section is refused.
+- ``deepspeed.add_config_arguments`` adds ``--deepspeed`` and ``--deepspeed_config``; the launcher also
+  passes ``--local_rank``.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import socket
@@ -21,10 +28,18 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
+
+from mmvit import checkpoint as ckpt
 
 
-def init_distributed(timeout_min: float = 30.0) -> tuple[int, int, int]:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """DeepSpeed's own flags (``--deepspeed``, ``--deepspeed_config``)."""
+    import deepspeed
+
+    return deepspeed.add_config_arguments(parser)
+
+
+def start(timeout_min: float = 30.0) -> tuple[int, int, int]:
     """Join (or, for ``python tools/train.py``, create) the process group; returns (rank, world_size, local_rank).
 
     The ``deepspeed`` launcher and torchrun set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT. A plain
@@ -32,6 +47,7 @@ def init_distributed(timeout_min: float = 30.0) -> tuple[int, int, int]:
     DeepSpeed would go looking for MPI).
     """
     import deepspeed
+    import torch.distributed as dist
 
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
@@ -48,17 +64,25 @@ def init_distributed(timeout_min: float = 30.0) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def stop() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def device() -> torch.device:
     from deepspeed.accelerator import get_accelerator
 
     return torch.device(get_accelerator().current_device_name())
 
 
-def build_ds_config(ds: dict, train: Any) -> dict:
-    """Check and complete the DeepSpeed config (a dict from the ``deepspeed:`` section or ``--deepspeed_config``).
+def build_ds_config(ds: dict, train: Any, *, universal: bool = False) -> dict:
+    """Check and complete the DeepSpeed config (the ``deepspeed:`` section or ``--deepspeed_config``).
 
     ``train`` is the :class:`~mmvit.train.config.TrainConfig`: it owns the rate and weight decay, which are
     filled into an ``optimizer`` section when the config has one (and must not disagree with it).
+    ``universal``: the run resumes from a universal checkpoint (``checkpoint.load_universal`` is set).
     """
     ds = copy.deepcopy(dict(ds or {}))
     if "gradient_clipping" not in ds:
@@ -67,6 +91,11 @@ def build_ds_config(ds: dict, train: Any) -> dict:
     if "scheduler" in ds:
         raise KeyError("deepspeed.scheduler: mmvit sets the learning rate itself from train.lr, train.warmup_steps "
                        "and train.schedule (warm-up + cosine); remove the DeepSpeed scheduler section")
+    if universal:
+        ds.setdefault("checkpoint", {})["load_universal"] = True
+    elif (ds.get("checkpoint") or {}).get("load_universal"):
+        raise ValueError("deepspeed.checkpoint.load_universal is set but --resume does not name a universal "
+                         "checkpoint folder (convert one with python -m deepspeed.checkpoint.ds_to_universal)")
     micro = ds.setdefault("train_micro_batch_size_per_gpu", 1)
     if micro != 1:
         raise ValueError(f"deepspeed.train_micro_batch_size_per_gpu must be 1, got {micro}: one micro-batch is one "
@@ -91,7 +120,7 @@ def build_ds_config(ds: dict, train: Any) -> dict:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: with weight decay, and without for ``model.no_weight_decay()`` (norms, biases,
-    position embeddings, tokens)."""
+    position embeddings, tokens). Frozen parameters (``requires_grad=False``) are in neither."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -100,113 +129,113 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def initialize(model: torch.nn.Module, ds_config: dict, train: Any):
-    """The DeepSpeed engine. Without an ``optimizer`` section, a client ``torch.optim.AdamW`` (fused on CUDA)."""
-    import deepspeed
+class Engine:
+    """A DeepSpeed engine seen through what the step loop does with it."""
 
-    groups = param_groups(model, train.weight_decay)
-    optimizer = None
-    if "optimizer" not in ds_config:
-        fused = torch.cuda.is_available()
-        optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, fused=fused)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
-                                           config=ds_config)
-    return engine
-
-
-def compute_dtype(engine) -> torch.dtype:
-    """The dtype of the engine's module: inputs are cast to it (DeepSpeed does not cast inputs)."""
-    if engine.bfloat16_enabled():
-        return torch.bfloat16
-    if engine.fp16_enabled():
-        return torch.float16
-    return torch.float32
-
-
-def zero_stage(engine) -> int:
-    return int(engine.zero_optimization_stage())
-
-
-def can_skip_nonfinite(engine) -> bool:
-    """Whether DeepSpeed drops an update whose gradient norm is not finite (ZeRO >= 1, bf16 or fp16)."""
-    return zero_stage(engine) >= 1 or engine.bfloat16_enabled() or engine.fp16_enabled()
-
-
-def set_lr(engine, lr: float) -> None:
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr
-
-
-def backward(engine, loss: torch.Tensor) -> None:
-    """Backward of a loss that is already a global mean: undo DeepSpeed's 1/gas and 1/dp_world_size."""
-    engine.backward(loss * engine.dp_world_size, scale_wrt_gas=False)
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_gather_object(obj: Any) -> list:
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def full_grads(engine) -> dict[str, torch.Tensor]:
-    """Full gradients after the last backward of a step and before ``engine.step()`` (collective)."""
-    from deepspeed.utils import safe_get_full_grad
-
-    out = {}
-    for name, p in engine.module.named_parameters():
-        g = safe_get_full_grad(p)
-        out[name] = None if g is None else g.detach().float().cpu().clone()
-    return out
-
-
-def full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The module's weights, whole, fp32, on CPU (collective under ZeRO-3, which shards parameters)."""
-    module = engine.module
-    if zero_stage(engine) == 3:
+    def __init__(self, model: torch.nn.Module, ds_config: dict, train: Any):
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        groups = param_groups(model, train.weight_decay)
+        optimizer = None
+        if "optimizer" not in ds_config:
+            fused = torch.cuda.is_available()
+            optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, fused=fused)
+        self.ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
+                                                config=ds_config)
 
+    # -- what the engine is ---------------------------------------------------------------------------------
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds.module
 
-def universal_info_key() -> str:
-    from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per rank per optimizer step (``gradient_accumulation_steps``)."""
+        return int(self.ds.gradient_accumulation_steps())
 
-    return UNIVERSAL_CHECKPOINT_INFO
+    @property
+    def zero_stage(self) -> int:
+        return int(self.ds.zero_optimization_stage())
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the module's weights: inputs are cast to it (DeepSpeed does not cast inputs)."""
+        if self.ds.bfloat16_enabled():
+            return torch.bfloat16
+        if self.ds.fp16_enabled():
+            return torch.float16
+        return torch.float32
 
-def is_universal(path: str) -> bool:
-    """A folder written by ``python -m deepspeed.checkpoint.ds_to_universal`` (finished: it copies the model
-    states files after the optimizer state)."""
-    return (os.path.isfile(os.path.join(path, "zero", "optimizer_state.pt"))
-            and any(f.startswith("mp_rank_") or "model_states" in f for f in os.listdir(path)))
+    @property
+    def fp16(self) -> bool:
+        return bool(self.ds.fp16_enabled())
 
+    @property
+    def can_skip_nonfinite(self) -> bool:
+        """Whether DeepSpeed drops an update whose gradient norm is not finite (ZeRO >= 1, bf16 or fp16)."""
+        return self.zero_stage >= 1 or self.ds.bfloat16_enabled() or self.ds.fp16_enabled()
 
-def save(engine, ckpt_dir: str, tag: str, client_state: dict) -> None:
-    """``engine.save_checkpoint`` on every rank, with the universal-checkpoint marker DeepSpeed's converter needs."""
-    state = dict(client_state)
-    state[universal_info_key()] = {}
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state=state)
+    # -- a step ---------------------------------------------------------------------------------------------
+    def __call__(self, batch):
+        return self.ds(batch)
 
+    def train(self) -> None:
+        self.ds.train()
 
-def load(engine, path: str) -> dict:
-    """Load the checkpoint folder ``path`` (``.../checkpoints/<tag>``); returns the client state."""
-    parent, tag = os.path.split(os.path.abspath(path.rstrip("/")))
-    load_path, client = engine.load_checkpoint(parent, tag=tag)
-    if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
-    return client or {}
+    def eval(self) -> None:
+        self.ds.eval()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.ds.optimizer.param_groups:
+            group["lr"] = lr
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of a loss that is already a global mean: undo DeepSpeed's 1/gas and 1/dp_world_size."""
+        self.ds.backward(loss * self.ds.dp_world_size, scale_wrt_gas=False)
+
+    def step(self) -> None:
+        """Call after every micro-batch's backward; the optimizer applies at the accumulation boundary."""
+        self.ds.step()
+
+    @property
+    def step_applied(self) -> bool:
+        return bool(self.ds.was_step_applied())
+
+    def grad_norm(self) -> float | None:
+        norm = self.ds.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def full_grads(self) -> dict[str, torch.Tensor | None]:
+        """Full gradients after the last backward of a step and before its ``step()`` (collective)."""
+        from deepspeed.utils import safe_get_full_grad
+
+        out = {}
+        for name, p in self.module.named_parameters():
+            g = safe_get_full_grad(p)
+            out[name] = None if g is None else g.detach().float().cpu().clone()
+        return out
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's weights, whole, fp32, on CPU (collective under ZeRO-3, which shards parameters)."""
+        module = self.module
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
+        """``save_checkpoint`` on every rank, with the key DeepSpeed's universal-checkpoint converter needs."""
+        state = dict(client_state)
+        state[ckpt.universal_info_key()] = {}
+        self.ds.save_checkpoint(ckpt_dir, tag=tag, client_state=state)
+
+    def load(self, path: str) -> dict:
+        """Load the checkpoint folder ``path`` (``.../checkpoints/<tag>``); returns the client state."""
+        parent, tag = os.path.split(os.path.abspath(path.rstrip("/")))
+        load_path, client = self.ds.load_checkpoint(parent, tag=tag)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        return client or {}

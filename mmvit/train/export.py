@@ -1,33 +1,30 @@
-"""Final weights as ``model.safetensors`` (and ``model_ema.safetensors``) with ``config.yaml`` beside them.
+"""The end of a run: the trained model's weights as ``model.safetensors`` (and ``model_ema.safetensors``)
+with ``config.yaml`` and ``classes.json`` beside them, through :func:`mmvit.export.write_export`.
 
-``mmvit.build_model(mmvit.load_config("RUN_DIR/config.yaml"), weights="RUN_DIR/model.safetensors")`` rebuilds
-the trained model: safetensors holds tensors only, so loading runs no pickled code.
+``mmvit.build_model(mmvit.load_config("RUN_DIR/config.yaml"), weights="RUN_DIR/model.safetensors")`` (or
+``mmvit.load("RUN_DIR")``) rebuilds the trained model.
 """
 
 from __future__ import annotations
 
-import os
-
-from mmvit.train import engine as ds
+from mmvit import checkpoint as ckpt
+from mmvit import dist
+from mmvit.export import write_export
 
 
 def export_weights(ctx, state, export) -> list[str]:
     """Collective (ZeRO-3 gathers); rank 0 writes. Returns the written paths."""
-    from safetensors.torch import save_file
-
-    weights = ds.full_state_dict(ctx.engine)
-    paths = []
+    weights = ctx.engine.full_state_dict()
+    prefix = ctx.engine.module.export_prefix()
+    paths: list[str] = []
     if ctx.rank == 0:
-        meta = {"step": str(state.step), "format": "pt"}
-        path = os.path.join(ctx.run_dir, "model.safetensors")
-        save_file({k: v.contiguous() for k, v in weights.items()}, path, metadata=meta)
-        paths.append(path)
+        model_keys = {k[len(prefix):]: k for k in weights if k.startswith(prefix)}
+        meta = {"step": str(state.step)}
+        paths += write_export(ctx.run_dir, {k: weights[full] for k, full in model_keys.items()}, ctx.cfg,
+                              metadata=meta, classes=ctx.classes)
         if ctx.ema is not None and export.ema:
-            ema = {k: ctx.ema.shadow.get(k, v).detach().float().cpu().contiguous() for k, v in weights.items()}
-            path = os.path.join(ctx.run_dir, "model_ema.safetensors")
-            save_file(ema, path, metadata={**meta, "ema_decay": str(ctx.ema.decay)})
-            paths.append(path)
-        ctx.cfg.dump(os.path.join(ctx.run_dir, "config.yaml"))
-        paths.append(os.path.join(ctx.run_dir, "config.yaml"))
-    ds.barrier()
+            ema = {k: ctx.ema.shadow.get(full, weights[full]) for k, full in model_keys.items()}
+            paths += write_export(ctx.run_dir, ema, ctx.cfg, name=ckpt.EMA_WEIGHTS_NAME,
+                                  metadata={**meta, "ema_decay": str(ctx.ema.decay)})[:1]
+    dist.barrier()
     return paths

@@ -1,33 +1,39 @@
 """The step loop: curriculum stage -> learning rate -> micro-batches -> global-mean loss -> update -> log,
-evaluate and checkpoint. Setup lives in main.py, DeepSpeed calls in engine.py.
+evaluate and checkpoint. Setup lives in main.py, DeepSpeed behind engine.py.
 
 One step on each rank: take ``gradient_accumulation_steps`` packed micro-batches, all-reduce their example
-(or token) count, then forward/backward each with its loss divided by that global count. Before each
-backward the ranks agree whether any of them saw a non-finite loss; if so every rank poisons its gradient
-so that DeepSpeed's overflow check drops the whole update on all ranks together, and the step is counted
-as skipped. ``max_nonfinite`` skipped steps in a row stop the run.
+(or token) count, then forward/backward each with its per-example losses (from the objective) summed and
+divided by that global count. Before each backward the ranks agree whether any of them saw a non-finite
+loss; if so every rank poisons its gradient so that DeepSpeed's overflow check drops the whole update on
+all ranks together, and the step is counted as skipped. ``max_nonfinite`` skipped steps in a row stop the
+run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from mmvit import checkpoint as ckpt
+from mmvit import dist
+from mmvit.config import Config
+from mmvit.data.control import DataControl
+from mmvit.data.stage import Stage
 from mmvit.packing import PackedBatch
-from mmvit.train import checkpoint as ckpt
-from mmvit.train import engine as ds
-from mmvit.train.curriculum import loader_stage
-from mmvit.train.loss import (
-    example_losses,
-    example_weights,
-    local_count,
-    normalised_loss,
-)
+from mmvit.train import rng as rngs
+from mmvit.train import validate
+from mmvit.train.config import EvalConfig, TrainConfig
+from mmvit.train.ema import EMA
+from mmvit.train.engine import Engine
+from mmvit.train.faults import Faults
+from mmvit.train.loss import example_weights, local_count, normalised_loss
+from mmvit.train.runlog import RunLog
 from mmvit.train.schedule import lr_factor, stage_lr_scale
 
 
@@ -49,23 +55,25 @@ class RunState:
 class Context:
     """Everything the loop uses, built once by main.py."""
 
-    cfg: Any                            # the whole Config (saved with checkpoints and the export)
-    train: Any                          # TrainConfig
-    evalc: Any                          # EvalConfig
-    engine: Any
-    curriculum: Any                     # step -> stage
-    loader: Any
-    control: Any
-    eval_loader: Any
-    ema: Any
-    log: Any                            # RunLog
+    cfg: Config                         # the whole config (saved with checkpoints and the export)
+    train: TrainConfig
+    evalc: EvalConfig
+    engine: Engine
+    curriculum: Callable[[int], Stage]
+    loader: Any                         # iterable of PackedBatch (mmvit.data.PackedLoader)
+    control: DataControl
+    ema: EMA | None
+    log: RunLog
+    faults: Faults
     rank: int
     world_size: int
     run_dir: str
     device: torch.device
-    dtype: torch.dtype
-    stop_requested: Any                 # () -> bool: a signal arrived on this rank
-    stage: dict = dataclasses.field(default_factory=dict)
+    seed: int
+    stop_requested: Callable[[], bool]  # a signal arrived on this rank
+    classes: dict | None = None         # class tables, saved with every checkpoint
+    stage: Stage | None = None
+    dummy_batch: PackedBatch | None = None  # a batch to join lockstep evaluation forwards with (ZeRO-3)
 
 
 def _to_device(batch: PackedBatch, device: torch.device, dtype: torch.dtype) -> PackedBatch:
@@ -76,7 +84,7 @@ def _to_device(batch: PackedBatch, device: torch.device, dtype: torch.dtype) -> 
 
 def _count_videos(batch: PackedBatch) -> int:
     if batch.meta:
-        return sum(1 for m in batch.meta if m.get("kind") == "video" or m.get("is_video"))
+        return sum(1 for m in batch.meta if m.get("kind") == "video")
     return int((batch.grid[:, 0] > 1).sum())
 
 
@@ -91,50 +99,46 @@ def _next(it_holder: list, loader) -> PackedBatch:
 def train_step(ctx: Context, state: RunState, it_holder: list) -> dict:
     """One optimizer step; returns global metrics (identical on every rank)."""
     engine, train = ctx.engine, ctx.train
-    gas = engine.gradient_accumulation_steps()
     t0 = time.perf_counter()
-    batches = [_next(it_holder, ctx.loader) for _ in range(gas)]
-    weights = [example_weights(b, train.loss_norm) for b in batches]
-    local = torch.tensor([local_count(batches, train.loss_norm)], dtype=torch.float64, device=ctx.device)
-    global_count = float(ds.all_reduce_sum(local)[0])
+    batches = [_next(it_holder, ctx.loader) for _ in range(engine.micro_batches)]
+    if ctx.dummy_batch is None:
+        ctx.dummy_batch = batches[0]
+    weights = [example_weights(b, train.loss_norm, engine.module) for b in batches]
+    local = torch.tensor([local_count(weights)], dtype=torch.float64, device=ctx.device)
+    global_count = float(dist.all_reduce_sum(local)[0])
 
-    inject = state.step in train.fault.nan_steps and ctx.rank == train.fault.nan_rank
     step_bad, bad_ranks = False, []
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    sums: dict[str, torch.Tensor] = {}
     for j, (batch, w) in enumerate(zip(batches, weights)):
-        batch = _to_device(batch, ctx.device, ctx.dtype)
-        logits = engine(batch)
-        losses = example_losses(logits, batch.labels, train.label_smoothing)
-        loss = normalised_loss(losses, w, global_count)
-        if inject:
-            loss = loss * float("nan")
+        batch = _to_device(batch, ctx.device, engine.dtype)
+        out = engine(batch)
+        loss = ctx.faults.loss(normalised_loss(out.losses, w, global_count), state.step)
         # Collective: which ranks see a non-finite loss in this micro-batch (one slot per rank).
         flags = torch.zeros(ctx.world_size, dtype=torch.float32, device=ctx.device)
         flags[ctx.rank] = float(not torch.isfinite(loss.detach()))
-        flags = ds.all_reduce_sum(flags)
+        flags = dist.all_reduce_sum(flags)
         if flags.any():
             step_bad = True
             bad_ranks = sorted(set(bad_ranks) | set(torch.nonzero(flags).flatten().tolist()))
-            if not ds.can_skip_nonfinite(engine):
+            if not engine.can_skip_nonfinite:
                 raise NonFiniteLossError(
                     f"non-finite loss at step {state.step} on ranks {bad_ranks}; ZeRO stage 0 in fp32 has no "
                     f"overflow check in DeepSpeed, so the step cannot be skipped: nothing was applied. Use "
                     f"zero_optimization.stage >= 1 or bf16 to skip such steps instead.")
         if step_bad:
             # NaN gradients on every rank: DeepSpeed's norm check drops the update everywhere.
-            ds.backward(engine, loss * float("nan"))
+            engine.backward(loss * float("nan"))
         else:
-            ds.backward(engine, loss)
+            engine.backward(loss)
             loss_sum += loss.detach().double()
-            correct += (logits.detach().argmax(-1) == batch.labels).double().sum()
-        if j == gas - 1 and train.fault.grad_dump and state.step == 0:
-            grads = ds.full_grads(engine)  # collective
-            if ctx.rank == 0:
-                torch.save({"grads": grads, "global_count": global_count}, train.fault.grad_dump)
+            for k, v in out.sums.items():
+                sums[k] = sums.get(k, 0) + v.detach().double()
+        if j == engine.micro_batches - 1:
+            ctx.faults.before_update(engine, state.step, global_count)
         engine.step()
 
-    applied = bool(engine.was_step_applied())
+    applied = engine.step_applied
     if step_bad and applied:
         raise NonFiniteLossError(f"step {state.step}: a non-finite loss reached the optimizer; the weights are "
                                  f"no longer trustworthy, resume from the last checkpoint")
@@ -143,118 +147,91 @@ def train_step(ctx: Context, state: RunState, it_holder: list) -> dict:
     slots = sum(b.segment_ids.numel() for b in batches)
     videos = sum(_count_videos(b) for b in batches)
     stop = float(ctx.stop_requested())
-    totals = ds.all_reduce_sum(torch.tensor([float(loss_sum), float(correct), examples, tokens, slots, videos, stop],
-                                            dtype=torch.float64, device=ctx.device)).tolist()
+    names = sorted(sums)
+    totals = dist.all_reduce_sum(torch.tensor(
+        [float(loss_sum), examples, tokens, slots, videos, stop, *(float(sums[k]) for k in names)],
+        dtype=torch.float64, device=ctx.device)).tolist()
     dt = time.perf_counter() - t0
-    grad_norm = engine.get_global_grad_norm() if applied else None
+    grad_norm = engine.grad_norm() if applied else None
+    nan = float("nan")
     return {
-        "loss": totals[0] if not step_bad else float("nan"),
-        "train_top1": totals[1] / max(1.0, totals[2]) if not step_bad else float("nan"),
-        "examples": int(totals[2]), "tokens": int(totals[3]), "padding": 1.0 - totals[3] / max(1.0, totals[4]),
-        "videos": int(totals[5]), "images": int(totals[2] - totals[5]),
-        "examples_per_s": totals[2] / dt, "tokens_per_s": totals[3] / dt, "step_time": dt,
-        "applied": applied, "nonfinite_loss": step_bad, "bad_ranks": bad_ranks,
-        "grad_norm": float(grad_norm) if grad_norm is not None else None,
-        "stop": totals[6] > 0,
+        "loss": totals[0] if not step_bad else nan,
+        **{f"train_{k}": (totals[6 + i] / max(1.0, totals[1]) if not step_bad else nan) for i, k in enumerate(names)},
+        "examples": int(totals[1]), "tokens": int(totals[2]), "padding": 1.0 - totals[2] / max(1.0, totals[3]),
+        "videos": int(totals[4]), "images": int(totals[1] - totals[4]),
+        "examples_per_s": totals[1] / dt, "tokens_per_s": totals[2] / dt, "step_time": dt,
+        "applied": applied, "nonfinite_loss": step_bad, "bad_ranks": bad_ranks, "grad_norm": grad_norm,
+        "stop": totals[5] > 0,
     }
 
 
-@torch.no_grad()
-def evaluate(ctx: Context) -> dict:
-    """Top-1/top-5 and loss over the eval split, summed over ranks. Ranks step in lockstep (an all-reduce per
-    batch), so a rank that runs out first keeps joining the collectives; under ZeRO-3 it repeats its last
-    batch, whose result is discarded, because every forward gathers parameters from all ranks."""
-    engine = ctx.engine
-    engine.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss, top1, top5, count
-    it, last, n = iter(ctx.eval_loader), None, 0
-    zero3 = ds.zero_stage(engine) == 3
-    while True:
-        batch = None
-        if ctx.evalc.batches is None or n < ctx.evalc.batches:
-            batch = next(it, None)
-        more = ds.all_reduce_sum(torch.tensor([float(batch is not None)], device=ctx.device))
-        if float(more[0]) == 0:
-            break
-        if batch is None:
-            if zero3 and last is not None:
-                engine(last)
-            continue
-        n += 1
-        last = batch = _to_device(batch, ctx.device, ctx.dtype)
-        logits = engine(batch).float()
-        k = min(5, logits.shape[-1])
-        top = logits.topk(k, dim=-1).indices
-        hit = top == batch.labels[:, None]
-        sums += torch.stack([example_losses(logits, batch.labels).sum().double(), hit[:, 0].sum().double(),
-                             hit.any(-1).sum().double(), torch.tensor(float(len(batch.labels)), device=ctx.device,
-                                                                       dtype=torch.float64)])
-    engine.train()
-    loss, top1, top5, count = ds.all_reduce_sum(sums).tolist()
-    count = max(count, 1.0)
-    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(count)}
-
-
-def run_eval(ctx: Context, state: RunState) -> None:
-    if ctx.eval_loader is None:
-        return
-    res = evaluate(ctx)
-    extra = {}
+def run_validation(ctx: Context, state: RunState) -> None:
+    """Evaluate on ``eval.split`` (and with the EMA weights), log one ``eval`` record on rank 0."""
+    model = ctx.engine.module.model
+    kw = {"seed": ctx.seed, "device": ctx.device, "dtype": ctx.engine.dtype, "dummy_batch": ctx.dummy_batch}
+    res = validate.evaluate_model(model, ctx.cfg, ctx.evalc, **kw)
+    ema = None
     if ctx.ema is not None and ctx.evalc.ema:
         ctx.ema.swap(ctx.engine.module)
         try:
-            extra = {f"ema_{k}": v for k, v in evaluate(ctx).items() if k != "count"}
+            ema = validate.evaluate_model(model, ctx.cfg, ctx.evalc, **kw)
         finally:
             ctx.ema.swap(ctx.engine.module)
-    ctx.log.record("eval", state.step, split=ctx.evalc.split, **res, **extra)
-    ema = f", EMA top-1 {extra['ema_top1']:.4f}" if extra else ""
-    ctx.log.info(f"eval step {state.step} on {ctx.evalc.split} ({res['count']} examples): loss {res['loss']:.4f}, "
-                 f"top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f}{ema}")
+    if ctx.rank != 0:
+        return
+    values = validate.flat(res)
+    if ema is not None:
+        values.update(validate.flat(ema, "ema_"))
+    ctx.log.record("eval", state.step, split=ctx.evalc.split, **values)
+    extra = f"; EMA top-1 {ema['top1']:.4f}" if ema is not None else ""
+    ctx.log.info(f"eval step {state.step} on {ctx.evalc.split} (videos per video after view aggregation): "
+                 f"{validate.describe(res)}{extra}")
+    for w in res["warnings"]:
+        ctx.log.warning(f"eval: {w}")
 
 
 def save_checkpoint(ctx: Context, state: RunState) -> str:
     """Save on every rank, then (after a barrier) mark complete and prune on rank 0."""
-    ckpt_dir = os.path.join(ctx.run_dir, "checkpoints")
+    ckpt_dir = os.path.join(ctx.run_dir, ckpt.CHECKPOINTS_DIR)
     tag = ckpt.tag_for(state.step)
     path = os.path.join(ckpt_dir, tag)
     if ckpt.is_complete(path):
         return path
     if ctx.rank == 0 and os.path.isdir(path):  # leftovers of an interrupted save of the same step
-        import shutil
-
         shutil.rmtree(path)
-    ds.barrier()
+    dist.barrier()
     client = {
-        "step": state.step, "run_state": dataclasses.asdict(state), "stage": ctx.stage,
-        "world_size": ctx.world_size, "data": ds.all_gather_object(ctx.control.state_dict()),
-        "rng": ds.all_gather_object(ckpt.rng_state()), "ema": ctx.ema.state_dict() if ctx.ema is not None else None,
-        "config": ctx.cfg.to_dict(),
+        "step": state.step, "run_state": dataclasses.asdict(state),
+        "stage": ctx.stage.to_dict() if ctx.stage is not None else None,
+        "world_size": ctx.world_size, "data": dist.all_gather_object(ctx.control.state_dict()),
+        "rng": dist.all_gather_object(rngs.rng_state()), "ema": ctx.ema.state_dict() if ctx.ema is not None else None,
+        ckpt.CONFIG_KEY: ctx.cfg.to_dict(), ckpt.CLASSES_KEY: ctx.classes,
     }
     t0 = time.perf_counter()
-    ds.save(ctx.engine, ckpt_dir, tag, client)
-    ds.barrier()  # every rank has returned from its save
+    ctx.engine.save(ckpt_dir, tag, client)
+    dist.barrier()  # every rank has returned from its save
     if ctx.rank == 0:
         ckpt.mark_complete(path, {"step": state.step, "world_size": ctx.world_size,
-                                  "zero_stage": ds.zero_stage(ctx.engine)})
+                                  "zero_stage": ctx.engine.zero_stage})
         ckpt.prune(ckpt_dir, ctx.train.keep_checkpoints, protect=path)
-    ds.barrier()
+    dist.barrier()
     ctx.log.record("event", state.step, event="checkpoint", path=path)
     ctx.log.info(f"saved checkpoint {path} in {time.perf_counter() - t0:.1f}s")
     return path
 
 
-def _update_stage(ctx: Context, state: RunState) -> dict:
+def _update_stage(ctx: Context, state: RunState) -> Stage:
     stage = ctx.curriculum(state.step)
-    if loader_stage(stage) != loader_stage(ctx.stage) or not ctx.stage:
-        ctx.control.set_stage(loader_stage(stage))
-        if ctx.stage.get("name") != stage["name"]:
-            prev = state.stage_stats.get(ctx.stage.get("name"))
+    if ctx.stage is None or not stage.same_shape(ctx.stage):
+        ctx.control.set_stage(stage)
+    if ctx.stage is None or ctx.stage.name != stage.name:
+        if ctx.stage is not None:
+            prev = state.stage_stats.get(ctx.stage.name)
             if prev and prev["steps"]:
-                ctx.log.info(f"stage {ctx.stage['name']!r} ended: {prev['examples'] / prev['steps']:.1f} "
+                ctx.log.info(f"stage {ctx.stage.name!r} ended: {prev['examples'] / prev['steps']:.1f} "
                              f"examples/step, {prev['tokens'] / prev['steps']:.0f} tokens/step")
-            ctx.log.record("stage", state.step, name=stage["name"], cost=stage["cost"], stage=loader_stage(stage))
-            ctx.log.info(f"step {state.step}: curriculum stage {stage['name']!r} (cost {stage['cost']:.3f}): "
-                         f"{loader_stage(stage)}")
+        ctx.log.record("stage", state.step, name=stage.name, cost=stage.cost, stage=stage.to_dict())
+        ctx.log.info(f"step {state.step}: curriculum stage {stage.name!r} (cost {stage.cost:.3f}): {stage.describe()}")
     ctx.stage = stage
     return stage
 
@@ -272,52 +249,51 @@ def run_loop(ctx: Context, state: RunState) -> str:
     it_holder: list[Iterator] = [iter(ctx.loader)]
     while state.step < train.steps:
         stage = _update_stage(ctx, state)
-        scale = stage_lr_scale(stage["cost"], train.lr_scaling)
+        scale = stage_lr_scale(stage.cost, train.lr_scaling)
         lr = train.lr * scale * lr_factor(state.step, total_steps=train.steps, warmup_steps=train.warmup_steps,
                                           schedule=train.schedule, min_lr_ratio=train.min_lr_ratio,
                                           warmup_init=train.warmup_init)
-        ds.set_lr(ctx.engine, lr)
+        ctx.engine.set_lr(lr)
         m = train_step(ctx, state, it_holder)
         step = state.step
         state.step += 1
         if m["applied"]:
             state.streak = 0
+            ctx.engine.module.after_step(state.step, train.steps)
             if ctx.ema is not None:
                 ctx.ema.update(ctx.engine.module)
         else:
             state.skipped += 1
-            fp16_scale = ctx.engine.fp16_enabled() and not m["nonfinite_loss"]  # loss-scale calibration
+            fp16_scale = ctx.engine.fp16 and not m["nonfinite_loss"]  # loss-scale calibration
             state.streak += 0 if fp16_scale else 1
             why = f"non-finite loss on ranks {m['bad_ranks']}" if m["nonfinite_loss"] else "non-finite gradients"
             ctx.log.warning(f"step {step} skipped ({why}); {state.streak} in a row, {state.skipped} in total")
-        st = state.stage_stats.setdefault(stage["name"], {"steps": 0, "examples": 0, "tokens": 0,
-                                                          "cost": stage["cost"]})
+        st = state.stage_stats.setdefault(stage.name, {"steps": 0, "examples": 0, "tokens": 0, "cost": stage.cost})
         st["steps"] += 1
         st["examples"] += m["examples"]
         st["tokens"] += m["tokens"]
         if step % train.log_every == 0 or not m["applied"]:
-            ctx.log.record("train", step, lr=lr, lr_scale=scale, stage=stage["name"], cost=stage["cost"],
+            ctx.log.record("train", step, lr=lr, lr_scale=scale, stage=stage.name, cost=stage.cost,
                            skipped=not m["applied"], skipped_total=state.skipped,
                            **{k: v for k, v in m.items() if k not in ("applied", "stop", "bad_ranks")})
         ctx.log.progress(state.step, loss=m["loss"], ex_s=m["examples_per_s"], tok_s=m["tokens_per_s"],
-                         pad=m["padding"], stage=stage["name"])
+                         pad=m["padding"], stage=stage.name)
         if state.streak >= train.max_nonfinite:
             raise NonFiniteLossError(
                 f"{state.streak} steps in a row were skipped (last: step {step}, non-finite loss on ranks "
                 f"{m['bad_ranks']}); stopping (train.max_nonfinite={train.max_nonfinite}). The last complete "
                 f"checkpoint is intact: lower train.lr, check the data, or resume with --resume auto.")
-        if train.fault.step_delay_s:
-            time.sleep(train.fault.step_delay_s)
+        ctx.faults.after_step()
         if m["stop"]:
             ctx.log.info(f"stop requested (signal): saving at step {state.step}")
             save_checkpoint(ctx, state)
             return "stopped"
         if evalc.every and state.step % evalc.every == 0 and state.step < train.steps:
-            run_eval(ctx, state)
+            run_validation(ctx, state)
         if train.save_every and state.step % train.save_every == 0 and state.step < train.steps:
             save_checkpoint(ctx, state)
     save_checkpoint(ctx, state)
     ctx.log.info(_stage_summary(state))
     if evalc.at_end or evalc.every:
-        run_eval(ctx, state)
+        run_validation(ctx, state)
     return "done"

@@ -14,7 +14,8 @@ from typing import Literal
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int = 0, schedule: Literal["cosine", "constant"] = "cosine",
               min_lr_ratio: float = 0.0, warmup_init: float = 0.0) -> float:
-    """Multiplier of the peak rate at ``step`` (0-based): linear warm-up, then decay.
+    """Multiplier of the peak rate at ``step`` (0-based): linear warm-up, then decay (``schedule`` comes from
+    the typed ``train.schedule``).
 
     Warm-up rises from ``warmup_init`` (at step -1, so even step 0 learns) to 1 at step ``warmup_steps - 1``;
     cosine then falls from 1 at step ``warmup_steps`` to ``min_lr_ratio`` at ``total_steps``.
@@ -23,21 +24,16 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int = 0, schedule: L
         return warmup_init + (1.0 - warmup_init) * (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    if schedule != "cosine":
-        raise ValueError(f"train.schedule must be cosine or constant, got {schedule!r}")
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, max(0.0, (step - warmup_steps) / span))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def stage_lr_scale(cost: float, rule: Literal["none", "linear", "sqrt"] = "none") -> float:
-    """Rate multiplier for a curriculum stage of relative cost ``cost`` (examples per step grow as 1/cost)."""
+    """Rate multiplier for a curriculum stage of relative cost ``cost`` (examples per step grow as 1/cost).
+    ``rule`` comes from the typed ``train.lr_scaling``."""
     if rule == "none":
         return 1.0
     if cost <= 0:
         raise ValueError(f"stage cost must be positive, got {cost}")
-    if rule == "linear":
-        return 1.0 / cost
-    if rule == "sqrt":
-        return 1.0 / math.sqrt(cost)
-    raise ValueError(f"train.lr_scaling must be none, linear or sqrt, got {rule!r}")
+    return 1.0 / cost if rule == "linear" else 1.0 / math.sqrt(cost)

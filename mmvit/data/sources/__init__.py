@@ -1,4 +1,5 @@
-"""Data sources (registry ``DATASETS``): ``image_folder``, ``image_list``, ``video_list``, ``webdataset``."""
+"""Data sources (registry ``DATASETS``): ``image_folder``, ``image_list``, ``video_list``, ``webdataset``,
+``synthetic``."""
 
 from mmvit.data.sources.base import (
     IndexedSource,
@@ -9,6 +10,7 @@ from mmvit.data.sources.base import (
     ViewsConfig,
 )
 from mmvit.data.sources.lists import ImageFolder, ImageList, VideoList
+from mmvit.data.sources.synthetic import Synthetic
 from mmvit.data.sources.webdataset import WebDataset
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "Source",
     "SourceContext",
     "Stream",
+    "Synthetic",
     "VideoList",
     "ViewsConfig",
     "WebDataset",

@@ -15,13 +15,14 @@ A stream's position is a small JSON-able dict, so that a loader can be resumed e
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from mmvit.config import from_dict
 from mmvit.data.errors import BadSample
+from mmvit.data.rng import Purpose, rng
+from mmvit.typed import from_dict
 
 Kind = Literal["image", "video"]
 
@@ -99,11 +100,27 @@ class SourceContext:
 
 
 class Source:
-    """Base class. Subclasses set ``name``, ``weight``, ``views`` and implement :meth:`stream`."""
+    """Base class. Subclasses set ``name``, ``weight``, ``views`` and implement :meth:`stream`.
 
+    Class attributes declare what a source type yields, so that evaluation can plan its passes from the
+    config alone (``DATASETS.get(type).kinds``), for user-registered sources as for built-in ones:
+    ``kinds`` are the kinds of items it may yield, ``has_views`` says that it takes a ``views`` entry (its
+    videos get evaluation views).
+    """
+
+    kinds: ClassVar[tuple[Kind, ...]] = ("image", "video")
+    has_views: ClassVar[bool] = False
     name: str = ""
     weight: float = 1.0
     views: ViewsConfig = ViewsConfig()
+
+    def video_fraction(self) -> float:
+        """Expected share of videos among the items (sizes training epochs)."""
+        return 0.5 if len(self.kinds) > 1 else float(self.kinds[0] == "video")
+
+    def load(self, item: Item, frames: Sequence[int]) -> np.ndarray | None:
+        """uint8 ``[T, H, W, 3]`` for items held in memory; ``None`` (the default): decode ``item.src``."""
+        return None
 
     def num_items(self) -> int | None:
         """Number of samples (``None`` when unknown without reading everything)."""
@@ -163,7 +180,7 @@ class IndexedStream(Stream):
         if self._part_cycle != self.cycle:
             n = len(self.source)
             if self.train:
-                perm = np.random.default_rng([self.seed, self.sid, self.cycle, 7]).permutation(n)
+                perm = rng(Purpose.PERMUTATION, self.seed, self.sid, self.cycle).permutation(n)
                 part = perm[self.slot::self.num_slots]
                 if len(part) == 0 and n > 0:
                     part = perm[[self.slot % n]]  # fewer items than slots: share rather than starve

@@ -148,6 +148,7 @@ class _ListSource(IndexedSource):
 class ImageList(_ListSource):
     """Images from a list file (``path label`` lines or CSV)."""
 
+    kinds = ("image",)
     kind: Kind = "image"
 
     def __init__(self, list: str, root: str | None = None, weight: float = 1.0, format: str = "auto",
@@ -162,6 +163,8 @@ class ImageList(_ListSource):
 class VideoList(_ListSource):
     """Videos from a list file (``path label`` lines, CSV, or a Kinetics annotation CSV)."""
 
+    kinds = ("video",)
+    has_views = True
     kind: Kind = "video"
 
     def __init__(self, list: str, root: str | None = None, weight: float = 1.0, format: str = "auto",
@@ -176,6 +179,7 @@ class VideoList(_ListSource):
 class ImageFolder(_ListSource):
     """``root/<class>/**/<image>``: one sub-folder per class, classes in sorted order (or ``classes``)."""
 
+    kinds = ("image",)
     kind: Kind = "image"
 
     def __init__(self, root: str, weight: float = 1.0, classes: Sequence[str] | str | None = None,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mmvit.data.errors import BadSample
+from mmvit.data.rng import Purpose, rng
 from mmvit.data.sources.base import Item, Source, SourceContext, Stream, ViewsConfig
 from mmvit.registry import DATASETS
 
@@ -273,6 +274,8 @@ class WebDataset(Source):
         views: evaluation views of the videos (see ``ViewsConfig``).
     """
 
+    has_views = True
+
     def __init__(self, urls: str | list[str] | None = None, index: str | None = None, weight: float = 1.0,
                  num_samples: int | None = None, views: dict | None = None, name: str | None = None,
                  *, ctx: SourceContext | None = None):
@@ -320,7 +323,7 @@ class ShardStream(Stream):
         """(shards of this slot, stride k, offset) for a cycle: keep samples with ordinal % k == offset."""
         urls = self.source.urls
         n, s = len(urls), self.num_slots
-        order = (np.random.default_rng([self.seed, self.sid, cycle, 11]).permutation(n) if self.train
+        order = (rng(Purpose.SHARD_ORDER, self.seed, self.sid, cycle).permutation(n) if self.train
                  else np.arange(n))
         if n >= s:
             return [urls[i] for i in order[self.slot::s]], 1, 0

@@ -263,24 +263,18 @@ def _write_list(path: Path, samples: Sequence[dict]) -> None:
 
 
 def _write_shards(out: Path, split: str, samples: Sequence[dict]) -> list[str]:
-    import webdataset as wds
+    from mmvit.data.shards import ShardSample, write_samples
 
     (out / "shards").mkdir(exist_ok=True)
-    pattern = str(out / "shards" / f"{split}-%06d.tar")
-    # mtime fixed so the tar files, like the samples, are the same for the same seed.
-    with wds.ShardWriter(pattern, maxcount=_SHARD_MAXCOUNT, verbose=0, mtime=0) as sink:
+
+    def records():
         for s in samples:
-            ext = "png" if s["kind"] == "image" else "mp4"
             key = Path(s["path"]).with_suffix("").as_posix().replace("/", "_")  # no dots: webdataset splits on them
-            meta = {k: v for k, v in s.items() if k != "path"}
-            sink.write(
-                {
-                    "__key__": key,
-                    ext: (out / s["path"]).read_bytes(),
-                    "cls": str(s["label"]).encode(),
-                    "json": json.dumps(meta, sort_keys=True).encode(),
-                }
-            )
+            yield ShardSample(key=key, ext="png" if s["kind"] == "image" else "mp4", data=(out / s["path"]).read_bytes(),
+                              label=s["label"], sidecar={k: v for k, v in s.items() if k != "path"})
+
+    # mtime fixed so the tar files, like the samples, are the same for the same seed.
+    write_samples(str(out / "shards" / f"{split}-%06d.tar"), records(), maxcount=_SHARD_MAXCOUNT, mtime=0)
     return sorted(p.relative_to(out).as_posix() for p in (out / "shards").glob(f"{split}-*.tar"))
 
 

@@ -1,0 +1,69 @@
+"""``mmvit.load``: a trained model from any checkpoint, with its config, ready for evaluation.
+
+Accepted (see :func:`mmvit.checkpoint.resolve`): a weights file (``model.safetensors`` or a ``.pt/.pth``
+state dict; the config is ``config`` or the ``config.yaml`` beside it), a run directory holding
+``model.safetensors``, or a DeepSpeed checkpoint (a tag dir, a save dir, or a run dir with
+``checkpoints/``: its newest complete checkpoint). A DeepSpeed checkpoint of any ZeRO stage is consolidated
+to fp32 (``mmvit.export.export``) in a temporary folder; its config comes from ``config``, else from the
+checkpoint's client state or a ``config.yaml`` next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterable
+
+import torch
+
+from mmvit import checkpoint as ckpt
+from mmvit.config import Config, load_config
+
+
+@dataclasses.dataclass
+class Loaded:
+    model: torch.nn.Module
+    cfg: Config
+    weights: str         # the file the weights came from (the tag dir for DeepSpeed checkpoints)
+    config: str          # the config file that was read
+    kind: str            # "weights" or "deepspeed"
+
+
+def load(checkpoint: str, config: str | None = None, overrides: Iterable[str] = (),
+         device: torch.device | str = "cpu") -> Loaded:
+    """Build the model of ``checkpoint`` with its weights loaded strictly, in eval mode, on ``device``.
+
+    Args:
+        checkpoint: see the module docstring.
+        config: a config file to use instead of the one saved with the checkpoint.
+        overrides: ``key=value`` config overrides (applied to whichever config is read).
+        device: where the model goes.
+    """
+    from mmvit.export import export
+    from mmvit.models.build import build_model
+
+    overrides = list(overrides)
+    kind, path = ckpt.resolve(checkpoint)
+    cfg = load_config(config, overrides) if config is not None else None
+    if kind == "weights":
+        config_path = config or os.path.join(os.path.dirname(os.path.abspath(path)), ckpt.CONFIG_NAME)
+        if cfg is None:
+            if not os.path.isfile(config_path):
+                raise FileNotFoundError(f"no config for {path}: {config_path} does not exist; pass --config")
+            cfg = load_config(config_path, overrides)
+        model = build_model(cfg, weights=path)
+        weights = path
+    else:
+        with tempfile.TemporaryDirectory(prefix="mmvit_load_") as tmp:
+            given = None
+            if cfg is not None:  # export reads a file: hand it the merged, overridden config
+                given = os.path.join(tmp, "given_config.yaml")
+                cfg.dump(given)
+            result = export(path, os.path.join(tmp, "export"), config=given)
+            if cfg is None:
+                cfg = load_config(result.config, overrides)
+            config_path = config or result.config_source
+            model = build_model(cfg, weights=result.weights)
+        weights = result.checkpoint
+    return Loaded(model=model.to(device).eval(), cfg=cfg, weights=weights, config=str(config_path), kind=kind)

@@ -1,0 +1,67 @@
+"""The objective interface and its builder (see the package docstring)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+from mmvit.packing import PackedBatch
+from mmvit.registry import OBJECTIVES
+
+
+@dataclasses.dataclass
+class ObjectiveOutput:
+    """What one micro-batch gives the trainer.
+
+    Attributes:
+        losses: ``[E]`` per-example losses (float32), in ``batch.example_ids`` order.
+        sums: per-step counters summed over micro-batches and ranks (``{"top1": correct}``); the loop reports
+            ``sum / examples`` as ``train_<name>``.
+    """
+
+    losses: torch.Tensor
+    sums: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class: subclasses set ``self.model`` and implement ``forward(batch) -> ObjectiveOutput``."""
+
+    model: nn.Module
+
+    def forward(self, batch: PackedBatch) -> ObjectiveOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def token_weights(self, batch: PackedBatch) -> torch.Tensor:
+        """``[E]`` weight of each example under ``train.loss_norm: tokens``, known before the forward (the
+        global count is all-reduced before the first backward): its tokens in the batch by default."""
+        return batch.lengths
+
+    def no_weight_decay(self) -> set[str]:
+        """The model's no-decay parameters, named as this module names them."""
+        inner = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else set()
+        prefix = next(name for name, m in self.named_children() if m is self.model)
+        return {f"{prefix}.{n}" for n in inner}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after every applied optimizer step (JEPA's target encoder update)."""
+
+    def export_model(self) -> nn.Module:
+        """The module written by the export at the end of training (the trained model by default)."""
+        return self.model
+
+    def export_prefix(self) -> str:
+        """The name of :meth:`export_model` inside this module (``model.`` keys of its state dict)."""
+        target = self.export_model()
+        return next(name for name, m in self.named_modules() if m is target) + "."
+
+
+def build_objective(cfg: Mapping | None, model: nn.Module) -> Objective:
+    """``objective: {type: ..., ...}`` (default ``classification``) around ``model``."""
+    import mmvit.objectives  # noqa: F401  (registers the built-in objectives)
+
+    spec = dict(cfg or {"type": "classification"})
+    spec.setdefault("type", "classification")
+    return OBJECTIVES.build(spec, model=model)
