@@ -100,7 +100,8 @@ def test_kinetics_test_csv_without_labels(tmp_path):
     # Per-class folders cannot be named without a label: an error entry, not a guess.
     b = parse_kinetics_csv(str(f), path_template="{label}/" + KINETICS_TEMPLATE)
     assert [e.label for e in b.entries] == [None, None]
-    assert errors(b)[2] == f"{f}:2: path_template '{{label}}/{KINETICS_TEMPLATE}' needs {{label}}, which this row does not have"
+    assert errors(b)[2] == (f"{f}:2: path_template '{{label}}/{KINETICS_TEMPLATE}' needs {{label}}, "
+                            "which this row does not have")
 
 
 def test_kinetics_malformed_rows(tmp_path):
@@ -226,11 +227,16 @@ def test_ssv2_bad_files(tmp_path):
     with pytest.raises(ValueError, match="no labels.json or something-something-v2-labels.json next to it"):
         parse_ssv2(str(f))
     (tmp_path / "labels.json").write_text('{"Putting something on something": "0", "Approaching": "0"}')
-    with pytest.raises(ValueError, match="classes 'Putting something on something' and 'Approaching' both have index 0"):
+    with pytest.raises(ValueError, match="'Putting something on something' and 'Approaching' both have index 0"):
         parse_ssv2(str(f))
     (tmp_path / "labels.json").write_text('{"Putting something on something": "0", "Approaching": "2"}')
     with pytest.raises(ValueError, match=r"indices must be 0..1; missing \[1\]"):
         parse_ssv2(str(f))
+    (tmp_path / "labels.json").write_text('{"Putting something on something": 0.0}')
+    with pytest.raises(ValueError, match="has index 0.0, not a whole number"):
+        parse_ssv2(str(f))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['name'\]"):
+        parse_ssv2(str(f), path_template="{name}.webm")
     g = tmp_path / "broken.json"
     g.write_text('[{"id": "1",\n "template": }]')
     with pytest.raises(ValueError, match=rf"{g}:2: not JSON"):
@@ -242,13 +248,14 @@ def test_ssv2_bad_files(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ UCF101
 
-# UCF101TrainTestSplits-RecognitionTask.zip: CRLF line endings, and trainlist ends with an empty CRLF line.
+# UCF101TrainTestSplits-RecognitionTask.zip ends lines with CRLF; some copies add an empty last line.
 UCF_CLASSES = ["ApplyEyeMakeup", "ApplyLipstick", "Archery", "HandstandPushups", "YoYo"]
 
 
 def write_ucf(folder):
     folder.mkdir(exist_ok=True)
-    (folder / "classInd.txt").write_bytes(b"".join(b"%d %s\r\n" % (i + 1, n.encode()) for i, n in enumerate(UCF_CLASSES)))
+    index = b"".join(b"%d %s\r\n" % (i + 1, n.encode()) for i, n in enumerate(UCF_CLASSES))
+    (folder / "classInd.txt").write_bytes(index)
     (folder / "trainlist01.txt").write_bytes(
         b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
         b"ApplyLipstick/v_ApplyLipstick_g08_c01.avi 2\r\n"
@@ -322,8 +329,8 @@ def test_ucf101_bad_class_index(tmp_path):
 def write_hmdb(root):
     d = root / "testTrainMulti_7030_splits"
     d.mkdir(parents=True)
-    # Real names: punctuation and brackets in file names, underscores in class names, a space before the
-    # line end.
+    # Real names: punctuation and brackets in file names, underscores in class names. Copies differ in
+    # trailing spaces and line endings.
     (d / "brush_hair_test_split1.txt").write_text(
         "April_09_brush_hair_u_nm_np1_ba_goo_0.avi 1 \n"
         "Brushing_Her_Hair__[_NEW_AUDIO_]_UPDATED!!!!_brush_hair_h_cm_np1_le_goo_1.avi 2 \n"
@@ -425,7 +432,8 @@ def test_imagenet_val_solution(tmp_path):
                  "ILSVRC2012_val_00000003,\n"
                  "ILSVRC2012_val_00000004,n01751748 1 2 3\n")
     a = parse_imagenet_val(str(f))
-    assert rows(a) == [("ILSVRC2012_val_00008726.JPEG", "n02119789", 2), ("ILSVRC2012_val_00000001.JPEG", "n01751748", 3),
+    assert rows(a) == [("ILSVRC2012_val_00008726.JPEG", "n02119789", 2),
+                       ("ILSVRC2012_val_00000001.JPEG", "n01751748", 3),
                        ("ILSVRC2012_val_00000002.JPEG", None, 4), ("ILSVRC2012_val_00000003.JPEG", None, 5),
                        ("ILSVRC2012_val_00000004.JPEG", None, 6)]
     assert [e.extra.get("boxes") for e in a.entries][:2] == [2, 1]

@@ -148,12 +148,13 @@ def read_class_file(path: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- Kinetics
 
 
-def _template_fields(template: str) -> set[str]:
+def _template_fields(template: str, allowed: tuple[str, ...]) -> set[str]:
+    """The fields a ``path_template`` uses; an unknown one raises before any line is read."""
     fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    unknown = sorted(f for f in fields if f not in KINETICS_FIELDS)
+    unknown = sorted(f for f in fields if f not in allowed)
     if unknown:
         raise ValueError(f"path_template {template!r}: unknown field(s) {unknown}; "
-                         f"the fields are {', '.join('{' + f + '}' for f in KINETICS_FIELDS)}")
+                         f"the fields are {', '.join('{' + f + '}' for f in allowed)}")
     return fields
 
 
@@ -182,7 +183,7 @@ def parse_kinetics_csv(path: str, path_template: str = KINETICS_TEMPLATE) -> Ann
         Entries labelled with the class name as written (quotes are CSV quoting: ``"air drumming"`` is
         ``air drumming``); ``classes`` is ``None`` (Kinetics ships no class order).
     """
-    fields = _template_fields(path_template)
+    fields = _template_fields(path_template, KINETICS_FIELDS)
     rows = _csv_rows(path)
     first = next(rows, None)
     if first is None:
@@ -240,10 +241,11 @@ def read_ssv2_labels(path: str) -> list[str]:
         raise ValueError(f"{path}: expected an object mapping template names to indices, got {type(table).__name__}")
     by_index: dict[int, str] = {}
     for name, value in table.items():
-        try:
-            index = int(value)  # the official file writes indices as strings
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: class {name!r} has index {value!r}, not an integer") from None
+        # The official file writes indices as strings ("0"); a JSON int is accepted, a float or bool is not.
+        whole = (isinstance(value, str) and value.strip().isdigit()) or (type(value) is int and value >= 0)
+        if not whole:
+            raise ValueError(f"{path}: class {name!r} has index {value!r}, not a whole number")
+        index = int(value)
         if index in by_index:
             raise ValueError(f"{path}: classes {by_index[index]!r} and {name!r} both have index {index}")
         by_index[index] = name
@@ -270,6 +272,7 @@ def parse_ssv2(path: str, labels: str | None = None, path_template: str = "{id}.
         PySlowFast and mmaction2 look it up; ``extra`` keeps ``template``, ``placeholders`` and the filled-in
         sentence as ``caption``. ``classes`` is the ``labels.json`` order. ``line`` is the record number.
     """
+    _template_fields(path_template, ("id",))
     if labels is None:
         here = os.path.dirname(os.path.abspath(path))
         labels = next((os.path.join(here, n) for n in SSV2_LABEL_FILES if os.path.isfile(os.path.join(here, n))), None)
@@ -509,6 +512,7 @@ def parse_imagenet_val(path: str, path_template: str = "{image_id}.JPEG") -> Ann
     keep the file order, and ``extra["boxes"]`` counts the boxes. ``classes`` is ``None``: take the order from
     :func:`read_class_index`.
     """
+    _template_fields(path_template, ("image_id",))
     rows = _csv_rows(path)
     first = next(rows, None)
     if first is None or [c.strip().lower() for c in first[1]] != ["imageid", "predictionstring"]:
