@@ -95,8 +95,9 @@ def _range(value: float | Sequence[float], name: str) -> tuple[float, float]:
 def block_shape(nh: int, nw: int, scale: float, aspect: float) -> tuple[int, int]:
     """``(h, w)`` of a block covering ``scale`` of an ``nh x nw`` grid with ``h / w = aspect``.
 
-    ``h = round(sqrt(scale*nh*nw * aspect))``, ``w = round(sqrt(scale*nh*nw / aspect))`` (I-JEPA's and V-JEPA's
-    formula), clipped to ``[1, nh]`` and ``[1, nw]``.
+    ``h = round(sqrt(scale*nh*nw * aspect))``, ``w = round(sqrt(scale*nh*nw / aspect))``, clipped to ``[1, nh]``
+    and ``[1, nw]``: I-JEPA's and V-JEPA's formula, except that they floor the area ``scale*nh*nw`` first (on
+    small grids that shrinks blocks well below the asked scale).
     """
     area = scale * nh * nw
     h = int(math.floor(math.sqrt(area * aspect) + 0.5))
