@@ -52,6 +52,11 @@ class PackedBatch:
         labels: ``[E]`` (optional) class labels, in output order.
         patch_size: ``(pt, ph, pw)``.
         meta: optional per-example dicts (source path, video id, view...), in output order.
+        full: (masked pretraining) the same examples with all their tokens, packed into rows of their own:
+            the decoder/target packing of MAE and JEPA (see ``mmvit.pretrain.pack``).
+        visible_index: on a ``full`` batch, ``[B_f, L_f]`` long: the flat index into the parent batch's
+            ``[B*L]`` slots of the same token when it is visible there, -1 where masked or padding.
+        parent_index: on a ``full`` batch, ``[E]``: the parent batch's example index of each example.
     """
 
     patches: torch.Tensor
@@ -62,6 +67,9 @@ class PackedBatch:
     labels: torch.Tensor | None = None
     patch_size: PatchSize = (1, 16, 16)
     meta: list[dict[str, Any]] | None = None
+    full: PackedBatch | None = None
+    visible_index: torch.Tensor | None = None
+    parent_index: torch.Tensor | None = None
 
     @property
     def num_examples(self) -> int:
@@ -91,7 +99,9 @@ class PackedBatch:
 
         return dataclasses.replace(
             self, patches=mv(self.patches), coords=mv(self.coords), grid=mv(self.grid),
-            segment_ids=mv(self.segment_ids), example_ids=mv(self.example_ids), labels=mv(self.labels))
+            segment_ids=mv(self.segment_ids), example_ids=mv(self.example_ids), labels=mv(self.labels),
+            full=None if self.full is None else self.full.to(device, non_blocking),
+            visible_index=mv(self.visible_index), parent_index=mv(self.parent_index))
 
     def pin_memory(self) -> "PackedBatch":
         """Called by ``DataLoader(pin_memory=True)``."""
@@ -100,7 +110,9 @@ class PackedBatch:
 
         return dataclasses.replace(
             self, patches=pin(self.patches), coords=pin(self.coords), grid=pin(self.grid),
-            segment_ids=pin(self.segment_ids), example_ids=pin(self.example_ids), labels=pin(self.labels))
+            segment_ids=pin(self.segment_ids), example_ids=pin(self.example_ids), labels=pin(self.labels),
+            full=None if self.full is None else self.full.pin_memory(),
+            visible_index=pin(self.visible_index), parent_index=pin(self.parent_index))
 
 
 def patchify(x: torch.Tensor, patch_size: PatchSize) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -184,6 +196,18 @@ def first_fit_decreasing(lengths: Sequence[int], seq_len: int, max_per_row: int 
     return rows
 
 
+def _check_keep(idx: torch.Tensor, n: int, i: int) -> torch.Tensor:
+    """``keep[i]`` as a 1-D long tensor of sorted distinct indices in ``[0, n)``, or a ValueError."""
+    idx = torch.as_tensor(idx)
+    if idx.dim() != 1 or idx.numel() == 0 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        raise ValueError(f"keep[{i}] must be a non-empty 1-D tensor of token indices, got shape "
+                         f"{tuple(idx.shape)} dtype {idx.dtype}")
+    idx = idx.long()
+    if int(idx[0]) < 0 or int(idx[-1]) >= n or not bool((idx[1:] > idx[:-1]).all()):
+        raise ValueError(f"keep[{i}] must be sorted distinct indices in [0, {n}), got {idx.tolist()[:8]}...")
+    return idx
+
+
 def pack(
     samples: Sequence[torch.Tensor],
     *,
@@ -195,6 +219,7 @@ def pack(
     labels: Sequence[int] | torch.Tensor | None = None,
     meta: Sequence[dict] | None = None,
     num_rows: int | None = None,
+    keep: Sequence[torch.Tensor | None] | None = None,
 ) -> PackedBatch:
     """Patchify ``samples`` and pack them first-fit-decreasing into rows of exactly ``seq_len`` tokens.
 
@@ -209,9 +234,13 @@ def pack(
         generator: RNG for token dropping.
         labels, meta: per-example values in input order; returned in output order.
         num_rows: pad the batch to exactly this many rows (raises if more are needed).
+        keep: planned tokens (masked pretraining), instead of ``drop_rate``: per sample, the sorted visible
+            token indices (row-major over (t, y, x)) or ``None`` for all tokens. Kept tokens keep their
+            coordinates, as with dropping.
 
     Raises:
-        ValueError: an example (after dropping) is longer than ``seq_len``, or is smaller than a patch.
+        ValueError: an example (after dropping) is longer than ``seq_len``, or is smaller than a patch; ``keep``
+            is not one sorted, non-empty set of distinct in-range indices per sample, or comes with a drop rate.
     """
     if len(samples) == 0:
         raise ValueError("pack() needs at least one sample")
@@ -226,6 +255,12 @@ def pack(
     else:
         rate_fn = make_rate_fn(drop_rate)
         rate_of = None if rate_fn is None else (lambda i, n: rate_fn(n, generator))  # noqa: E731
+    planned = None if keep is None else list(keep)  # (the loop below reuses the name keep for a count)
+    if planned is not None:
+        if rate_of is not None:
+            raise ValueError("pack(): give either keep (planned tokens) or drop_rate, not both")
+        if len(planned) != len(samples):
+            raise ValueError(f"{len(planned)} keep entries for {len(samples)} samples")
     channels = samples[0].shape[0]
 
     # Pass 1: grid, kept tokens and length of every sample, from shapes alone (the generator is drawn in
@@ -243,7 +278,12 @@ def pack(
             raise ValueError(f"sample {i}: input of shape {tuple(x.shape)} is smaller than one patch {ps}")
         n = g[0] * g[1] * g[2]
         idx = None
-        if rate_of is not None:
+        if planned is not None and planned[i] is not None:
+            idx = _check_keep(planned[i], n, i)
+            n = int(idx.numel())
+            if n == g[0] * g[1] * g[2]:
+                idx = None
+        elif rate_of is not None:
             keep = num_kept(n, rate_of(i, n))
             if keep < n:
                 idx = torch.randperm(n, generator=generator)[:keep].sort().values
