@@ -12,7 +12,6 @@ rejects unknown keys naming the nearest valid one and checks types, choices and 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import os
 import re
@@ -26,7 +25,7 @@ __all__ = ["Config", "SECTIONS", "apply_override", "from_dict", "import_modules"
            "parse_yaml"]
 
 # Top-level sections. Deeper keys are checked by the typed config of the component that reads them.
-SECTIONS = ("_base_", "imports", "name", "seed", "run_dir", "model", "objective", "data", "train", "deepspeed",
+SECTIONS = ("_base_", "imports", "name", "seed", "run_dir", "tasks", "model", "objective", "data", "train", "deepspeed",
             "curriculum", "eval", "export")
 
 

@@ -11,6 +11,7 @@ checkpoint's client state or a ``config.yaml`` next to it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -19,6 +20,9 @@ import torch
 
 from mmvit import checkpoint as ckpt
 from mmvit.config import Config, load_config
+from mmvit.data.classes import ClassTables, resolve_class_tables, tables_of
+
+log = logging.getLogger("mmvit.loading")
 
 
 @dataclasses.dataclass
@@ -28,6 +32,27 @@ class Loaded:
     weights: str         # the file the weights came from (the tag dir for DeepSpeed checkpoints)
     config: str          # the config file that was read
     kind: str            # "weights" or "deepspeed"
+    tables: ClassTables | None = None  # the run's class table of every task
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        """Class names per task."""
+        return {t: list(table.names) for t, table in (self.tables or {}).items()}
+
+
+def run_tables(cfg: dict, where: str) -> ClassTables | None:
+    """The class tables of a run: from its config (``tasks.<task>.classes``, written by training), else
+    rebuilt from its training split with a warning (configs written before class tables existed)."""
+    tables = tables_of(cfg)
+    if tables is not None or not (cfg.get("data") or {}):
+        return tables
+    try:
+        tables = resolve_class_tables(cfg)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        log.warning("%s holds no class tables and they cannot be rebuilt from its training split (%s)", where, e)
+        return None
+    log.warning("%s holds no class tables (written before they existed): rebuilt from its training split", where)
+    return tables
 
 
 def load(checkpoint: str, config: str | None = None, overrides: Iterable[str] = (),
@@ -66,4 +91,5 @@ def load(checkpoint: str, config: str | None = None, overrides: Iterable[str] = 
             config_path = config or result.config_source
             model = build_model(cfg, weights=result.weights)
         weights = result.checkpoint
-    return Loaded(model=model.to(device).eval(), cfg=cfg, weights=weights, config=str(config_path), kind=kind)
+    return Loaded(model=model.to(device).eval(), cfg=cfg, weights=weights, config=str(config_path), kind=kind,
+                  tables=run_tables(cfg, str(config_path)))

@@ -50,6 +50,7 @@ class PackedBatch:
         segment_ids: ``[B, L]``: ``e + 1`` for tokens of example ``e``, 0 for padding.
         example_ids: ``[E]`` index of each example in the input list.
         labels: ``[E]`` (optional) class labels, in output order.
+        tasks: ``[E]`` (optional) index of each example's task (label space) in the run's class tables.
         patch_size: ``(pt, ph, pw)``.
         meta: optional per-example dicts (source path, video id, view...), in output order.
         full: (masked pretraining) the same examples with all their tokens, packed into rows of their own:
@@ -65,6 +66,7 @@ class PackedBatch:
     segment_ids: torch.Tensor
     example_ids: torch.Tensor
     labels: torch.Tensor | None = None
+    tasks: torch.Tensor | None = None
     patch_size: PatchSize = (1, 16, 16)
     meta: list[dict[str, Any]] | None = None
     full: PackedBatch | None = None
@@ -93,26 +95,23 @@ class PackedBatch:
     def padding_fraction(self) -> float:
         return 1.0 - self.num_tokens / max(1, self.segment_ids.numel())
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedBatch":
-        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
+    def _map(self, fn) -> "PackedBatch":
+        """A copy with ``fn`` applied to every tensor field (and to ``full``'s)."""
+        changes = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                changes[f.name] = fn(value)
+            elif isinstance(value, PackedBatch):
+                changes[f.name] = value._map(fn)
+        return dataclasses.replace(self, **changes)
 
-        return dataclasses.replace(
-            self, patches=mv(self.patches), coords=mv(self.coords), grid=mv(self.grid),
-            segment_ids=mv(self.segment_ids), example_ids=mv(self.example_ids), labels=mv(self.labels),
-            full=None if self.full is None else self.full.to(device, non_blocking),
-            visible_index=mv(self.visible_index), parent_index=mv(self.parent_index))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedBatch":
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "PackedBatch":
         """Called by ``DataLoader(pin_memory=True)``."""
-        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.pin_memory()
-
-        return dataclasses.replace(
-            self, patches=pin(self.patches), coords=pin(self.coords), grid=pin(self.grid),
-            segment_ids=pin(self.segment_ids), example_ids=pin(self.example_ids), labels=pin(self.labels),
-            full=None if self.full is None else self.full.pin_memory(),
-            visible_index=pin(self.visible_index), parent_index=pin(self.parent_index))
+        return self._map(lambda t: t.pin_memory())
 
 
 def patchify(x: torch.Tensor, patch_size: PatchSize) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -217,6 +216,7 @@ def pack(
     drop_rate: RateSpec | Sequence[float] = 0.0,
     generator: torch.Generator | None = None,
     labels: Sequence[int] | torch.Tensor | None = None,
+    tasks: Sequence[int] | torch.Tensor | None = None,
     meta: Sequence[dict] | None = None,
     num_rows: int | None = None,
     keep: Sequence[torch.Tensor | None] | None = None,
@@ -232,7 +232,7 @@ def pack(
             ``mmvit.token_drop``) or a function ``(n_tokens, generator) -> rate``. At least one token per
             example is kept.
         generator: RNG for token dropping.
-        labels, meta: per-example values in input order; returned in output order.
+        labels, tasks, meta: per-example values in input order; returned in output order.
         num_rows: pad the batch to exactly this many rows (raises if more are needed).
         keep: planned tokens (masked pretraining), instead of ``drop_rate``: per sample, the sorted visible
             token indices (row-major over (t, y, x)) or ``None`` for all tokens. Kept tokens keep their
@@ -347,12 +347,15 @@ def pack(
                                 patch_index % nw_tok], -1)
     flat_s[dest] = torch.repeat_interleave(torch.arange(1, len(order) + 1), lens, output_size=total)
 
-    out_labels = None
-    if labels is not None:
-        lab = torch.as_tensor(labels, dtype=torch.long)
-        if len(lab) != len(samples):
-            raise ValueError(f"{len(lab)} labels for {len(samples)} samples")
-        out_labels = lab[torch.tensor(order)]
+    def reorder(values, what: str) -> torch.Tensor | None:
+        if values is None:
+            return None
+        t = torch.as_tensor(values, dtype=torch.long)
+        if len(t) != len(samples):
+            raise ValueError(f"{len(t)} {what} for {len(samples)} samples")
+        return t[torch.tensor(order)]
+
+    out_labels, out_tasks = reorder(labels, "labels"), reorder(tasks, "tasks")
     out_meta = None
     if meta is not None:
         if len(meta) != len(samples):
@@ -365,6 +368,7 @@ def pack(
         segment_ids=flat_s.view(n_rows, seq_len),
         example_ids=torch.tensor(order, dtype=torch.long),
         labels=out_labels,
+        tasks=out_tasks,
         patch_size=ps,
         meta=out_meta,
     )

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from mmvit.models import xformers_ops
 from mmvit.models.attention import attend_dense, attend_segments, attend_xformers
 from mmvit.models.layout import build_layout
-from mmvit.models import xformers_ops
 
 
 def _segments(lengths_per_row, seq_len):

@@ -11,17 +11,8 @@ import sys
 import pytest
 
 from mmvit.data.sources import annotations as ann
-from mmvit.data.sources.annotations import (
-    KINETICS_TEMPLATE,
-    parse_hmdb51,
-    parse_imagenet_val,
-    parse_jsonl,
-    parse_kinetics_csv,
-    parse_ssv2,
-    parse_ucf101,
-    read_class_file,
-    read_class_index,
-)
+from mmvit.data.sources.annotations import KINETICS_TEMPLATE, parse_imagenet_val, parse_jsonl, read_class_file, read_class_index
+from mmvit.data.sources.video_annotations import parse_hmdb51, parse_kinetics_csv, parse_ssv2, parse_ucf101
 
 
 def rows(a):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mmvit.data import TooManyBadSamples, build_loader, fit_to_budget
-from mmvit.testing import media
 from mmvit.packing import PackedBatch
+from mmvit.testing import media
 
 pytest.importorskip("av")
 

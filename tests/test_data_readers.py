@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mmvit.data import BadSample, read_image, read_video
-from mmvit.testing import media as synth
 from mmvit.data.readers import backends
 from mmvit.data.readers.video import VideoDecoder
+from mmvit.testing import media as synth
 
 pytest.importorskip("av")
 

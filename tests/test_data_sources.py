@@ -9,28 +9,32 @@ import pytest
 import torch
 
 from mmvit.data import BadSample
-from mmvit.testing import media
 from mmvit.data.augment import to_sample
 from mmvit.data.draws import Mixer
 from mmvit.data.packer import select_examples
 from mmvit.data.readers import image as image_reader
 from mmvit.data.sources import ImageFolder, ImageList, SourceContext, VideoList
 from mmvit.data.sources.base import IndexedSource, Item
-from mmvit.data.sources.lists import parse_list
+from mmvit.data.sources.annotations import parse_list
 from mmvit.packing import first_fit_decreasing
+from mmvit.testing import media
+
+
+def _rows(path):
+    return [(e.path, e.label, e.line) for e in parse_list(str(path)).entries]
 
 
 def test_list_formats(tmp_path):
     (tmp_path / "a.txt").write_text("# comment\nx/my video.mp4 3\n\ny.mp4 0\n")
-    assert parse_list(str(tmp_path / "a.txt")) == [("x/my video.mp4", "3"), ("y.mp4", "0")]
+    assert _rows(tmp_path / "a.txt") == [("x/my video.mp4", "3", 2), ("y.mp4", "0", 4)]
     (tmp_path / "b.csv").write_text("path,label\nx.mp4,1\ny.mp4,2\n")
-    assert parse_list(str(tmp_path / "b.csv")) == [("x.mp4", "1"), ("y.mp4", "2")]
+    assert _rows(tmp_path / "b.csv") == [("x.mp4", "1", 2), ("y.mp4", "2", 3)]
     (tmp_path / "c.csv").write_text("x.mp4,1\ny.mp4,2\n")
-    assert parse_list(str(tmp_path / "c.csv")) == [("x.mp4", "1"), ("y.mp4", "2")]
+    assert _rows(tmp_path / "c.csv") == [("x.mp4", "1", 1), ("y.mp4", "2", 2)]
     (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n"
                                     "abseiling,0347ZoDXyP0,188,198,train\n\"air drumming\",-0bD1r2aQhA,10,20,train\n")
-    rows = parse_list(str(tmp_path / "k.csv"))
-    assert rows == [("0347ZoDXyP0_000188_000198.mp4", "abseiling"), ("-0bD1r2aQhA_000010_000020.mp4", "air drumming")]
+    assert _rows(tmp_path / "k.csv") == [("0347ZoDXyP0_000188_000198.mp4", "abseiling", 2),
+                                         ("-0bD1r2aQhA_000010_000020.mp4", "air drumming", 3)]
     src = VideoList(str(tmp_path / "k.csv"), root=str(tmp_path / "videos"))
     assert src.classes == ["abseiling", "air drumming"] and [src.item(i).label for i in range(2)] == [0, 1]
     src = VideoList(str(tmp_path / "k.csv"), classes=["x", "air drumming", "abseiling"])

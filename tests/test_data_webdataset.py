@@ -11,10 +11,10 @@ import tarfile
 import pytest
 
 from mmvit.data import build_loader
-from mmvit.testing import media
 from mmvit.data.readers.backends import probe_pyav
 from mmvit.data.shards import write_shards
 from mmvit.data.sources.webdataset import read_shard
+from mmvit.testing import media
 
 pytest.importorskip("av")
 pytest.importorskip("webdataset")

@@ -146,7 +146,7 @@ def test_two_ranks_equal_one_rank_and_count_every_video_once(run_dir):
     assert [p.name for p in passes] == ["video/2x2/16 tok", "video/2x2/48 tok", "video/full/16 tok",
                                         "video/full/48 tok", "image/full/16 tok", "image/full/48 tok"]
     listed = listed_counts(passes, cfg["data"], settings)
-    assert listed == [N_VIDEOS] * 4 + [N_IMAGES] * 2
+    assert listed == [{"default": N_VIDEOS}] * 4 + [{"default": N_IMAGES}] * 2
 
     single = evaluate_rank(model, cfg, settings, passes=passes)
     ranks = [evaluate_rank(model, cfg, settings, rank=r, world_size=2, passes=passes) for r in range(2)]
@@ -154,11 +154,11 @@ def test_two_ranks_equal_one_rank_and_count_every_video_once(run_dir):
         ids = [set(ranks[r][i].scores.video_ids) for r in range(2)]
         assert ids[0] and ids[1] and not ids[0] & ids[1], "each video (all its views) on exactly one rank"
         assert ids[0] | ids[1] == set(single[i].scores.video_ids)
-        assert len(single[i].scores.video_ids) == listed[i] * p.expected_views
+        assert len(single[i].scores.video_ids) == listed[i]["default"] * p.expected_views
         assert set(single[i].kinds) == {p.kind}
 
-    one = summarize(passes, [single], settings, 18, listed)
-    two = summarize(passes, ranks, settings, 18, listed)
+    one = summarize(passes, [single], settings, None, listed)
+    two = summarize(passes, ranks, settings, None, listed)
     for a, b in zip(one, two):
         assert a["_ids"] == b["_ids"] and len(a["_ids"]) == (N_VIDEOS if a["kind"] == "video" else N_IMAGES)
         torch.testing.assert_close(a["_scores"], b["_scores"], atol=1e-5, rtol=1e-5)
@@ -173,17 +173,17 @@ def test_two_ranks_equal_one_rank_and_count_every_video_once(run_dir):
 
     # Sharding bugs are errors, not quietly different numbers.
     with pytest.raises(ValueError, match="evaluated twice"):
-        summarize(passes[:1], [single[:1], ranks[0][:1]], settings, 18, listed[:1])
+        summarize(passes[:1], [single[:1], ranks[0][:1]], settings, None, listed[:1])
     with pytest.raises(ValueError, match="sharding lost"):
-        summarize(passes[:1], [ranks[0][:1]], settings, 18, listed[:1])
+        summarize(passes[:1], [ranks[0][:1]], settings, None, listed[:1])
     s = single[0].scores
     short = RankOutput(ViewScores(s.video_ids[1:], s.views[1:], s.labels[1:], s.logits[1:]), single[0].kinds[1:],
                        single[0].throughput)
     with pytest.raises(ValueError, match="other than 4 views"):
-        summarize(passes[:1], [[short]], settings, 18, listed[:1])
+        summarize(passes[:1], [[short]], settings, None, listed[:1])
     # A video whose view the loader reported bad is left out with a warning instead.
     short.bad = {"corrupt": 1}
-    (res,) = summarize(passes[:1], [[short]], settings, 18, listed[:1])
+    (res,) = summarize(passes[:1], [[short]], settings, None, listed[:1])
     assert res["samples"] == N_VIDEOS - 1 and len(res["warnings"]) == 2
 
 
@@ -211,22 +211,26 @@ def test_cli_writes_results_and_plots(run_dir, tmp_path, capsys):
     from mmvit.eval.cli import main
 
     out = tmp_path / "out"
-    names = tmp_path / "classes.txt"
-    names.write_text("\n".join(demo_data.CLASS_NAMES) + "\n")
-    results = main(["--checkpoint", str(run_dir / "model.safetensors"), "--views", "1x2", "--token-budgets",
+    # The class names come from the run's class table (a trained run's config.yaml holds it).
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["tasks"] = {"default": {"classes": list(demo_data.CLASS_NAMES)}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "run" / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
+    results = main(["--checkpoint", str(tmp_path / "run"), "--views", "1x2", "--token-budgets",
                     "16,32", "--images", "--out", str(out), "--save-predictions", "--aggregate", "mean_logit",
-                    "--class-names", str(names), "--set", "data.batch_rows=3"])
+                    "--set", "data.batch_rows=3"])
     printed = capsys.readouterr().out
     assert "video  1x2" in printed and "image  full" in printed
     for name in ("results.json", "results.csv", "predictions.csv", "accuracy.png", "confusion_video_1x2.png",
                  "confusion_video_full.png", "confusion_image_full.png"):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "results.json").read_text())
-    assert data["class_names"][10] == "move_N" and data["info"]["aggregate"] == "mean_logit"
+    assert data["class_names"]["default"][10] == "move_N" and data["info"]["aggregate"] == "mean_logit"
     assert [r["name"] for r in data["results"]] == [r["name"] for r in results]
     assert all(not k.startswith("_") for r in data["results"] for k in r)
     lines = (out / "results.csv").read_text().splitlines()
-    assert len(lines) == 1 + 6 and lines[0].startswith("kind,views")
+    assert len(lines) == 1 + 6 and lines[0].startswith("task,kind,views")
     assert len((out / "predictions.csv").read_text().splitlines()) == 1 + 4 * N_VIDEOS + 2 * N_IMAGES
 
 

@@ -26,7 +26,8 @@ CAUSES = (
     "timeout",             # decoding ran past decode_timeout_s
     "decoder_crash",       # the isolated decoder process died (segfault in the codec library)
     "bad_label",           # a missing or unparseable label
-    "label_out_of_range",  # label outside [0, num_classes)
+    "label_out_of_range",  # an integer label outside [0, classes of its task)
+    "unknown_class",       # a class name that is not in the class table of its task
     "path_outside_root",   # a list entry that escapes its root (../ or an absolute path elsewhere)
     "corrupt_tar",         # a webdataset shard that cannot be read on (bad tar header, unreadable URL)
     "other",               # anything else raised while reading one sample

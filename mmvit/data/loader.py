@@ -9,12 +9,14 @@ the evaluation loop gathers results at the end (or pads with empty steps itself)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 from typing import Any
 
 from torch.utils.data import DataLoader
 
+from mmvit.data.classes import ClassTables, resolve_class_tables
 from mmvit.data.config import DataConfig, resolve_data_config
 from mmvit.data.control import DataControl, SharedState
 from mmvit.data.sources import SourceContext, build_sources
@@ -71,8 +73,19 @@ def estimate_batches_per_epoch(cfg: DataConfig, sources: list[Source], world_siz
     return max(1, math.ceil(total / (world_size * per_batch)))
 
 
+def default_tables(data_cfg: dict | DataConfig, split: str) -> ClassTables:
+    """Class tables for a loader built without the run's: those of the config's training split (or of
+    ``split`` itself when the config has no training split), one task."""
+    if isinstance(data_cfg, DataConfig):
+        data_cfg = dataclasses.asdict(data_cfg)
+    splits = (data_cfg or {}).get("splits") or {}
+    source_split = "train" if ("train" in splits or not splits) else split
+    return resolve_class_tables({"data": data_cfg}, source_split)
+
+
 def build_loader(data_cfg: dict | DataConfig, *, split: str, rank: int, world_size: int, seed: int,
-                 stage: Stage | dict | None = None, train: bool) -> tuple[PackedLoader, DataControl]:
+                 stage: Stage | dict | None = None, train: bool, tables: ClassTables | None = None
+                 ) -> tuple[PackedLoader, DataControl]:
     """A DataLoader of :class:`mmvit.PackedBatch` es of exactly ``[batch_rows, seq_len]``, and its control.
 
     Args:
@@ -83,6 +96,7 @@ def build_loader(data_cfg: dict | DataConfig, *, split: str, rank: int, world_si
         stage: an initial curriculum stage (see :meth:`DataControl.set_stage`).
         train: training (random crops/flips/frames/resolutions/patch sizes, token dropping, endless and
             resampled, ``batches_per_epoch`` per epoch) or evaluation (deterministic, one exact pass).
+        tables: the run's class tables (mmvit/data/classes.py); default :func:`default_tables`.
 
     Returns:
         ``(loader, control)``: iterate the loader; ``control.set_stage``, ``control.state_dict``,
@@ -91,8 +105,9 @@ def build_loader(data_cfg: dict | DataConfig, *, split: str, rank: int, world_si
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     cfg = resolve_data_config(data_cfg, split)
+    tables = default_tables(data_cfg, split) if tables is None else tables
     ctx = SourceContext(allow_outside_root=cfg.allow_outside_root, allow_pipe_urls=cfg.allow_pipe_urls)
-    sources = build_sources(cfg.sources, ctx)
+    sources = build_sources(cfg.sources, ctx, tables)
     make_stage(cfg, stage)
     bpe = None
     if train:
@@ -107,7 +122,7 @@ def build_loader(data_cfg: dict | DataConfig, *, split: str, rank: int, world_si
     if stage:
         control.set_stage(stage)
     dataset = PackedStream(cfg, sources, shared, rank=rank, world_size=world_size, seed=seed, train=train,
-                           batches_per_epoch=bpe)
+                           batches_per_epoch=bpe, tasks=tables.tasks)
     kwargs: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": cfg.pin_memory}
     if cfg.num_workers > 0:
         kwargs.update(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor,

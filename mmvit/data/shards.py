@@ -21,12 +21,8 @@ from mmvit.data.errors import BadSample
 from mmvit.data.readers.image import decode_image, probe_image
 from mmvit.data.readers.video import VideoDecoder
 from mmvit.data.sources.base import SourceContext
-from mmvit.data.sources.lists import (
-    IMAGE_EXTENSIONS,
-    ImageList,
-    VideoList,
-    parse_list,
-)
+from mmvit.data.sources.annotations import parse_list
+from mmvit.data.sources.lists import ImageList, VideoList, kind_of
 
 
 @dataclasses.dataclass
@@ -56,10 +52,6 @@ def write_samples(pattern: str, samples: Iterable[ShardSample], *, maxcount: int
         return sink.shard  # ShardWriter counts the shard it opened last (one, even if empty)
 
 
-def _kind(path: str) -> str:
-    return "image" if path.lower().endswith(IMAGE_EXTENSIONS) else "video"
-
-
 def write_shards(list_file: str, pattern: str, *, root: str | None = None, maxcount: int = 1000,
                  maxsize: float = 1e9, shuffle: bool = False, seed: int = 0, classes: list[str] | str | None = None,
                  allow_outside_root: bool = False, decode_timeout_s: float = 60.0,
@@ -75,10 +67,10 @@ def write_shards(list_file: str, pattern: str, *, root: str | None = None, maxco
         shuffle, seed: shuffle the samples before writing (webdataset training reads shards in order).
     """
     root = root if root is not None else os.path.dirname(os.path.abspath(list_file))
-    entries = parse_list(list_file)
-    # Reuse the list sources for label parsing (names -> indices) and the root check; image and video lists
-    # differ only in the kind of their items, which is decided here per file extension.
-    images = [e for e in entries if _kind(e[0]) == "image"]
+    entries = parse_list(list_file).entries
+    # Reuse the list sources for the label checks and the root check; image and video lists differ only in
+    # the kind of their items, which is decided here per file extension.
+    images = [e for e in entries if kind_of(e.path) == "image"]
     source_cls = ImageList if len(images) == len(entries) else VideoList
     source = source_cls(list_file, root=root, classes=classes, ctx=SourceContext(allow_outside_root))
     order = np.arange(len(entries))
@@ -96,7 +88,7 @@ def write_shards(list_file: str, pattern: str, *, root: str | None = None, maxco
             try:
                 if item.error is not None:
                     raise item.error
-                if _kind(item.path) == "image":
+                if kind_of(item.path) == "image":
                     info = probe_image(item.path, item.path)
                     decode_image(item.path, item.path)  # cheap for images: catches truncated pixel data
                     sidecar = {"width": info["width"], "height": info["height"], "frames": 1, "fps": 0.0}
@@ -110,7 +102,10 @@ def write_shards(list_file: str, pattern: str, *, root: str | None = None, maxco
                 report(f"skip {e.path}: {e.cause}{f' ({e.detail})' if e.detail else ''}")
                 continue
             counts["written"] += 1
-            yield ShardSample(key=f"{n:09d}", ext=ext, data=data, label=item.label, sidecar={**sidecar, "path": item.id})
+            # The label as the list writes it (a class name or an integer): the loader maps it through the run's
+            # class table, whose order the index file's "classes" declares.
+            yield ShardSample(key=f"{n:09d}", ext=ext, data=data, label=source.raw[int(i)],
+                              sidecar={**sidecar, "path": item.id})
 
     total_shards = write_samples(pattern, good_samples(), maxcount=maxcount, maxsize=maxsize)
     written, skipped = counts["written"], counts["skipped"]

@@ -129,9 +129,11 @@ class _Worker:
                 raise item.error
             if item.label is None:
                 raise BadSample("bad_label", item.path, "no label")
-            n_cls = self.cfg.num_classes
-            if item.label < 0 or (n_cls is not None and item.label >= n_cls):
-                raise BadSample("label_out_of_range", item.path, f"label {item.label} not in [0, {n_cls})")
+            table = self.ds.sources[draw.sid].table
+            if item.label < 0 or (table is not None and item.label >= len(table)):
+                n_cls = len(table) if table is not None else "?"
+                raise BadSample("label_out_of_range", item.path, f"label {item.label} not in [0, {n_cls})"
+                                f"{f' (task {table.task!r})' if table is not None else ''}")
             info = item.info or self._probe(item)
         except BadSample as e:
             self._fail(e, draw, admitted=False)
@@ -197,7 +199,7 @@ class _Worker:
         views = source.views
         t_view, s_view = views.decode(max(w.draw.view, 0), item.kind)
         meta: dict[str, Any] = {"path": item.path, "kind": item.kind, "id": item.id, "view": max(w.draw.view, 0),
-                                "label": item.label, "source": source.name,
+                                "label": item.label, "source": source.name, "task": self.ds.task_of(w.draw.sid),
                                 "orig_size": [int(info["height"]), int(info["width"])], "size": list(plan.size)}
         start = time.monotonic()
         if item.kind == "image":
@@ -267,7 +269,8 @@ class _Worker:
             c[3]["stage_id"] = stage_id
         batch = pack([c[2] for c in chosen], patch_size=patch, seq_len=cfg.seq_len, max_per_row=cfg.max_per_row,
                      drop_rate=drop, generator=gen, labels=[c[0].draw.item.label for c in chosen],
-                     meta=[c[3] for c in chosen], num_rows=cfg.batch_rows)
+                     tasks=[self.ds.tasks.index(c[3]["task"]) for c in chosen], meta=[c[3] for c in chosen],
+                     num_rows=cfg.batch_rows)
         fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(PackedBatch)}
         return StreamBatch(**fields, index=g, stage_id=stage_id, role=self.role, worker_state=self.state(),
                            skip_counts=self.counter.state())
@@ -280,8 +283,9 @@ class PackedStream(IterableDataset):
     """Yields :class:`StreamBatch` es of exactly ``[batch_rows, seq_len]``; see the module docstring."""
 
     def __init__(self, cfg: DataConfig, sources: list[Source], shared: SharedState, *, rank: int, world_size: int,
-                 seed: int, train: bool, batches_per_epoch: int | None):
+                 seed: int, train: bool, batches_per_epoch: int | None, tasks: list[str] | None = None):
         super().__init__()
+        self.tasks = list(tasks or ["default"])
         self.cfg, self.sources, self.shared = cfg, sources, shared
         self.rank, self.world_size, self.seed, self.train = rank, world_size, seed, train
         self.batches_per_epoch = batches_per_epoch
@@ -297,6 +301,10 @@ class PackedStream(IterableDataset):
         if self.batches_per_epoch is None:
             raise TypeError("an evaluation stream has no fixed length")
         return self.batches_per_epoch
+
+    def task_of(self, sid: int) -> str:
+        """The task name of source ``sid`` (bound by the loader; the run's only task otherwise)."""
+        return self.sources[sid].task or self.tasks[0]
 
     def decoder(self) -> VideoDecoder:
         """One video decoder per process (its probe cache and child process live across epochs)."""

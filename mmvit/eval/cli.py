@@ -57,7 +57,8 @@ def build_parser(kind: str = "video") -> argparse.ArgumentParser:
     parser.add_argument("--aggregate", default="mean_prob", choices=["mean_prob", "mean_logit", "max_prob"],
                         help="how the views of a video combine (default mean_prob: mean of softmax)")
     parser.add_argument("--patch-size", type=int, default=None, help="patch size (default: the config's first)")
-    parser.add_argument("--class-names", default=None, help="text file with one class name per line")
+    parser.add_argument("--class-names", default=None,
+                        help="text file with one class name per line (default: the run's class tables)")
     parser.add_argument("--save-predictions", action="store_true", help="also write predictions.csv")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--max-batches", type=int, default=None, help="per pass and rank (smoke runs only)")
@@ -118,14 +119,14 @@ def main(argv: Sequence[str] | None = None, kind: str = "video") -> list[dict] |
     if rank == 0:
         log.info("evaluating %s (%s) on split %r over %d rank(s): %d passes: %s", loaded.weights, loaded.config,
                  args.split, world, len(passes), ", ".join(p.name for p in passes))
-    outputs = evaluate_rank(loaded.model, cfg, settings, rank=rank, world_size=world, device=device, passes=passes)
+    outputs = evaluate_rank(loaded.model, cfg, settings, rank=rank, world_size=world, device=device, passes=passes,
+                            tables=loaded.tables)
     per_rank = gather_outputs(outputs)
     results = None
     if rank == 0:
-        num_classes = getattr(getattr(loaded.model, "cfg", None), "num_classes", None) or None
-        listed = listed_counts(passes, dict(cfg["data"]), settings)
-        results = summarize(passes, per_rank, settings, num_classes, listed)
-        names = class_names(cfg, args.split, num_classes, args.class_names)
+        listed = listed_counts(passes, dict(cfg["data"]), settings, loaded.tables)
+        results = summarize(passes, per_rank, settings, loaded.tables, listed)
+        names = class_names(loaded.tables, args.class_names)
         out = args.out or default_out(args.checkpoint, args.split)
         backend = settings.video_backend or (cfg.get("data") or {}).get("video_backend", "auto")
         command = " ".join([os.path.basename(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])])

@@ -32,7 +32,7 @@ def _close(loader: Any, control: Any) -> None:
 def evaluate_rank(model: torch.nn.Module, cfg: dict, settings: EvalSettings, *, rank: int = 0, world_size: int = 1,
                   device: torch.device | str = "cpu", passes: list[EvalPass] | None = None,
                   loader_fn: LoaderFn | None = None, lockstep: bool = False, dummy_batch=None,
-                  dtype: torch.dtype | None = None) -> list[RankOutput]:
+                  dtype: torch.dtype | None = None, tables=None) -> list[RankOutput]:
     """Run every pass over this rank's share of the split; one :class:`RankOutput` per pass, in order.
 
     Args:
@@ -46,6 +46,7 @@ def evaluate_rank(model: torch.nn.Module, cfg: dict, settings: EvalSettings, *, 
         lockstep, dummy_batch: every rank takes part in every forward (see ``evaluate_loader``); for models
             whose forward is a collective (ZeRO-3).
         dtype: cast the patches to the model's dtype (bf16/fp16 weights).
+        tables: the run's class tables (every split maps its labels through them).
     """
     if loader_fn is None:
         from mmvit.data import build_loader as loader_fn
@@ -55,7 +56,7 @@ def evaluate_rank(model: torch.nn.Module, cfg: dict, settings: EvalSettings, *, 
     for p in passes:
         loader, control = loader_fn(pass_data_config(data_cfg, p, settings), split=settings.split, rank=rank,
                                     world_size=world_size, seed=settings.seed,
-                                    stage=p.stage(settings.patch_size), train=False)
+                                    stage=p.stage(settings.patch_size), train=False, tables=tables)
         try:
             out = evaluate_loader(model, loader, device=device, kinds=[p.kind], max_batches=settings.max_batches,
                                   lockstep=lockstep, dummy_batch=dummy_batch, dtype=dtype)

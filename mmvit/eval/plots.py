@@ -103,21 +103,26 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
 
 
-def plot_all(results: Sequence[dict], out_dir: str, class_names: Sequence[str] | None = None) -> list[str]:
-    """accuracy.png, and confusion_<kind>_<views>.png for each (kind, view set) at its highest compute level."""
+def plot_all(results: Sequence[dict], out_dir: str, class_names: dict[str, Sequence[str]] | None = None
+             ) -> list[str]:
+    """accuracy.png, and confusion_<kind>_<views>.png (``confusion_<task>_<kind>_<views>.png`` with several
+    tasks) for each (task, kind, view set) at its highest compute level; ``class_names`` per task."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     acc = plot_accuracy(results, os.path.join(out_dir, "accuracy.png"))
     if acc:
         paths.append(acc)
-    best: dict[tuple[str, str], dict] = {}
+    best: dict[tuple[str, str, str], dict] = {}
     for r in results:
-        key = (r["kind"], r["views"])
+        key = (r.get("task", "default"), r["kind"], r["views"])
         value = r["value"] if r["value"] is not None else math.inf
         if key not in best or value >= (best[key]["value"] if best[key]["value"] is not None else math.inf):
             best[key] = r
-    for (kind, views), r in best.items():
-        title = f"{kind}, views {views}, {r['level']}: top-1 {100 * r['top1']:.1f}% ({r['samples']} {kind}s)"
-        paths.append(plot_confusion(r["confusion"], os.path.join(out_dir, f"confusion_{kind}_{slug(views)}.png"),
-                                    classes=r["classes"], class_names=class_names, title=title))
+    several = len({k[0] for k in best}) > 1
+    for (task, kind, views), r in best.items():
+        prefix = f"{task}: " if several else ""
+        title = f"{prefix}{kind}, views {views}, {r['level']}: top-1 {100 * r['top1']:.1f}% ({r['samples']} {kind}s)"
+        name = f"confusion_{slug(task) + '_' if several else ''}{kind}_{slug(views)}.png"
+        paths.append(plot_confusion(r["confusion"], os.path.join(out_dir, name), classes=r["classes"],
+                                    class_names=(class_names or {}).get(task), title=title))
     return paths

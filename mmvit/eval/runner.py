@@ -76,6 +76,7 @@ class RankOutput:
     kinds: list[str]
     throughput: Throughput
     bad: dict[str, int] = dataclasses.field(default_factory=dict)
+    tasks: list[str] = dataclasses.field(default_factory=list)  # each view's task (empty: all "default")
 
     @staticmethod
     def concat(parts: list[RankOutput]) -> RankOutput:
@@ -85,11 +86,16 @@ class RankOutput:
             for cause, n in p.bad.items():
                 bad[cause] = bad.get(cause, 0) + int(n)
         return RankOutput(ViewScores.concat([p.scores for p in parts]), [k for p in parts for k in p.kinds],
-                          Throughput.merge(p.throughput for p in parts), bad)
+                          Throughput.merge(p.throughput for p in parts), bad,
+                          [t for p in parts for t in (p.tasks or ["default"] * len(p.kinds))])
 
-    def select(self, kind: str) -> ViewScores:
-        """The views of one kind (``image`` or ``video``)."""
-        rows = [i for i, k in enumerate(self.kinds) if k == kind]
+    def view_tasks(self) -> list[str]:
+        return self.tasks or ["default"] * len(self.kinds)
+
+    def select(self, kind: str, task: str | None = None) -> ViewScores:
+        """The views of one kind (``image`` or ``video``), and of one task when given."""
+        tasks = self.view_tasks()
+        rows = [i for i, k in enumerate(self.kinds) if k == kind and (task is None or tasks[i] == task)]
         s = self.scores
         if len(rows) == len(self.kinds):
             return s
@@ -141,6 +147,7 @@ def evaluate_loader(model: torch.nn.Module, loader: Iterable[PackedBatch], *, de
     ids: list[str] = []
     views: list[int] = []
     kind_list: list[str] = []
+    task_list: list[str] = []
     labels: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
     tp = Throughput()
@@ -200,12 +207,13 @@ def evaluate_loader(model: torch.nn.Module, loader: Iterable[PackedBatch], *, de
             ids.append(keys[i][0])
             views.append(keys[i][1])
             kind_list.append(keys[i][2])
+            task_list.append(str(batch.meta[i].get("task", "default")))
     tp.wall_s = time.perf_counter() - start
     if logits:
         scores = ViewScores(ids, views, torch.cat(labels), torch.cat(logits))
     else:
         scores = ViewScores([], [], torch.zeros(0, dtype=torch.long), torch.zeros(0, 0))
-    return RankOutput(scores, kind_list, tp)
+    return RankOutput(scores, kind_list, tp, tasks=task_list)
 
 
 def gather_outputs(outputs: list[RankOutput]) -> list[list[RankOutput]]:

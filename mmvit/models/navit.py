@@ -39,7 +39,8 @@ class NaViTConfig:
     mlp_dim: int | None = None
     patch_size: int | None = None          # base patch size of the tokenizer kernel
     in_chans: int = num(3, ge=1)
-    num_classes: int = num(0, ge=0)        # 0: forward() returns pooled features
+    num_classes: int = num(0, ge=0)        # one head of this many classes (0: forward() returns pooled features)
+    tasks: dict[str, int] | None = None    # several label spaces: one head per task, {task: classes}
     tokenizer: dict = dataclasses.field(default_factory=lambda: {"type": "patch2d"})
     pos_embed: dict = dataclasses.field(default_factory=lambda: {"type": "learned"})
     pool: Literal["map", "mean", "cls"] = "map"
@@ -58,6 +59,8 @@ class NaViTConfig:
         for key, value in sizes.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.tasks is not None and self.num_classes:
+            raise ValueError("model: give num_classes (one head) or tasks (one head per task), not both")
         for key in ("width", "depth", "heads", "mlp_dim", "patch_size"):
             if getattr(self, key) is None:
                 raise ValueError(f"model: {key} is not set (give a variant such as 'S/16' or set {key})")
@@ -134,12 +137,16 @@ class NaViT(nn.Module):
         # pushing impossible classes down is an unbounded, easy direction that dominates Adam's updates.
         self.fc_norm = nn.LayerNorm(c.width, eps=c.norm_eps, bias=c.bias, **fk) if c.fc_norm else None
         self.head = HEADS.build(c.head, dim=c.width, num_classes=c.num_classes, **fk) if c.num_classes else None
+        # One head per task (Omnivore, Girdhar et al. 2022): each example's logits come from its task's head
+        # only, so classes of different label spaces never share a softmax.
+        self.task_heads = nn.ModuleDict({t: HEADS.build(c.head, dim=c.width, num_classes=k, **fk)
+                                    for t, k in c.tasks.items()}) if c.tasks else None
         self.grad_checkpointing = c.grad_checkpointing
         self._init_weights()
 
     def _init_weights(self) -> None:
         for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and not name.startswith("head"):
+            if isinstance(m, nn.Linear) and not name.startswith(("head.", "task_heads.")):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -199,11 +206,35 @@ class NaViT(nn.Module):
         x, layout = self.embed(batch)
         return self.pool(self.trunk(x, layout), layout)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    @property
+    def task_classes(self) -> dict[str, int]:
+        """Classes of each task's head, in task order (one task ``default`` for a single head)."""
+        if self.task_heads is not None:
+            return dict(self.cfg.tasks)
+        return {"default": self.cfg.num_classes} if self.head is not None else {}
+
+    def forward_head(self, features: torch.Tensor, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        """``[E, D]`` pooled features -> logits. With one head per task, ``tasks [E]`` picks each example's
+        head; the result is ``[E, max classes]`` with ``-inf`` beyond the classes of an example's task (so
+        argmax and softmax never leave the task); slice ``[:, :classes]`` for one task's logits."""
         if self.fc_norm is not None:
             features = self.fc_norm(features)
-        return features if self.head is None else self.head(features)
+        if self.task_heads is None:
+            return features if self.head is None else self.head(features)
+        if tasks is None:
+            if len(self.task_heads) != 1:
+                raise ValueError(f"this model has heads for tasks {list(self.task_heads)}: the batch must give tasks")
+            tasks = torch.zeros(len(features), dtype=torch.long, device=features.device)
+        width = max(self.cfg.tasks.values())
+        out = features.new_full((len(features), width), float("-inf"))
+        for t, head in enumerate(self.task_heads.values()):
+            rows = torch.nonzero(tasks == t).flatten()
+            if len(rows):
+                logits = head(features[rows])
+                out[rows, :logits.shape[1]] = logits.to(out.dtype)
+        return out
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        """Logits ``[E, num_classes]`` (features when ``num_classes`` is 0) in ``batch.example_ids`` order."""
-        return self.forward_head(self.forward_features(batch))
+        """Logits ``[E, classes]`` (features without a head) in ``batch.example_ids`` order; with one head
+        per task see :meth:`forward_head`."""
+        return self.forward_head(self.forward_features(batch), batch.tasks)

@@ -37,6 +37,11 @@ class _LinearPatchEmbed(nn.Module):
         fan_in = in_chans * frames * ph * pw
         nn.init.trunc_normal_(self.weight, std=math.sqrt(1.0 / fan_in))
 
+    @property
+    def base_patch_size(self) -> tuple[int, int, int]:
+        """``(pt, ph, pw)`` of the kernel as stored (what masked autoencoding reconstructs)."""
+        return tuple(self.weight.shape[2:])  # type: ignore[return-value]
+
     def kernel(self, patch_size: tuple[int, int, int]) -> torch.Tensor:
         """The kernel for the batch's patch size ``(pt, ph, pw)``: ``[D, C*pt*ph*pw]``."""
         pt, ph, pw = patch_size

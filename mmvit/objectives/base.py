@@ -27,9 +27,13 @@ class ObjectiveOutput:
 
 
 class Objective(nn.Module):
-    """Base class: subclasses set ``self.model`` and implement ``forward(batch) -> ObjectiveOutput``."""
+    """Base class: subclasses set ``self.model`` and implement ``forward(batch) -> ObjectiveOutput``.
+
+    ``uses_labels``: whether batches must carry labels (the run then fixes class tables and sizes heads).
+    """
 
     model: nn.Module
+    uses_labels: bool = True
 
     def forward(self, batch: PackedBatch) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -58,10 +62,19 @@ class Objective(nn.Module):
         return next(name for name, m in self.named_modules() if m is target) + "."
 
 
-def build_objective(cfg: Mapping | None, model: nn.Module) -> Objective:
-    """``objective: {type: ..., ...}`` (default ``classification``) around ``model``."""
+def objective_type(cfg: Mapping | None) -> str:
+    return str((cfg or {}).get("type", "classification"))
+
+
+def build_objective(cfg: Mapping | None, model: nn.Module, **context) -> Objective:
+    """``objective: {type: ..., ...}`` (default ``classification``) around ``model``. ``context`` holds what
+    the run knows (e.g. ``task_weights``); an objective receives the entries its constructor takes."""
+    import inspect
+
     import mmvit.objectives  # noqa: F401  (registers the built-in objectives)
 
-    spec = dict(cfg or {"type": "classification"})
-    spec.setdefault("type", "classification")
-    return OBJECTIVES.build(spec, model=model)
+    spec = dict(cfg or {})
+    spec["type"] = objective_type(cfg)
+    params = inspect.signature(OBJECTIVES.get(spec["type"])).parameters
+    extra = {k: v for k, v in context.items() if k in params and k not in spec}
+    return OBJECTIVES.build(spec, model=model, **extra)

@@ -62,6 +62,8 @@ def _missing_hint(model: nn.Module, key: str) -> str:
     if key.startswith("pool."):
         return f"the model pools with {cfg.pool!r}, not map"
     if key.startswith("head."):
+        if getattr(cfg, "tasks", None):
+            return f"the model has one head per task ({sorted(cfg.tasks)}), initialised for its own classes"
         return "the model has no head (num_classes: 0)"
     if key.startswith("pos_embed."):
         return f"the model's position embedding is {cfg.pos_embed.get('type')!r}"
@@ -132,8 +134,8 @@ def apply_plan(model: nn.Module, plan: ConversionPlan, ckpt_keys: list[str], *, 
             category = "resampled"
         else:
             shapes = f"checkpoint {tuple(src.shape)}, model {tuple(target.shape)}"
-            if key.startswith("head.") or not strict_shapes:
-                what = "a head of another size" if key.startswith("head.") else "shape mismatch"
+            if key.startswith(("head.", "task_heads.")) or not strict_shapes:
+                what = "a head of another size" if key.startswith(("head.", "task_heads.")) else "shape mismatch"
                 report.initialised.append(key)
                 report.notes[key] = f"{what} ({', '.join(entry.sources)}): {shapes}"
                 for s in entry.sources:

@@ -111,7 +111,7 @@ def convert_timm(state: dict[str, torch.Tensor], model: nn.Module, *,
     return plan
 
 
-def _convert_tokens(state: dict[str, torch.Tensor], model: nn.Module, plan: Plan,
+def _convert_tokens(state: dict[str, torch.Tensor], model: nn.Module, plan: ConversionPlan,
                     grid_size: Sequence[int] | None) -> None:
     cls, pos, reg = state.get("cls_token"), state.get("pos_embed"), state.get("reg_token")
     n_prefix = (cls is not None) + (int(reg.shape[1]) if reg is not None else 0)
@@ -137,7 +137,7 @@ def _convert_tokens(state: dict[str, torch.Tensor], model: nn.Module, plan: Plan
         plan.remarks.append(f"pos_embed: only {used} fits the model")
 
 
-def _fold_layer_scale(state: dict[str, torch.Tensor], plan: Plan) -> None:
+def _fold_layer_scale(state: dict[str, torch.Tensor], plan: ConversionPlan) -> None:
     """``x + gamma * (W h + b)`` is ``x + (gamma W) h + gamma b``: fold LayerScale into the projection."""
     for key, gamma in state.items():
         m = re.fullmatch(r"blocks\.(\d+)\.(ls[12])\.gamma", key)

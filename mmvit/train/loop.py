@@ -71,7 +71,8 @@ class Context:
     device: torch.device
     seed: int
     stop_requested: Callable[[], bool]  # a signal arrived on this rank
-    classes: dict | None = None         # class tables, saved with every checkpoint
+    classes: dict | None = None         # class tables as JSON, saved with every checkpoint
+    tables: Any = None                  # the ClassTables the loaders map labels through
     stage: Stage | None = None
     dummy_batch: PackedBatch | None = None  # a batch to join lockstep evaluation forwards with (ZeRO-3)
 
@@ -168,7 +169,8 @@ def train_step(ctx: Context, state: RunState, it_holder: list) -> dict:
 def run_validation(ctx: Context, state: RunState) -> None:
     """Evaluate on ``eval.split`` (and with the EMA weights), log one ``eval`` record on rank 0."""
     model = ctx.engine.module.model
-    kw = {"seed": ctx.seed, "device": ctx.device, "dtype": ctx.engine.dtype, "dummy_batch": ctx.dummy_batch}
+    kw = {"seed": ctx.seed, "device": ctx.device, "dtype": ctx.engine.dtype, "dummy_batch": ctx.dummy_batch,
+          "tables": ctx.tables}
     res = validate.evaluate_model(model, ctx.cfg, ctx.evalc, **kw)
     ema = None
     if ctx.ema is not None and ctx.evalc.ema:

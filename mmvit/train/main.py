@@ -83,8 +83,12 @@ def main(argv=None) -> int:
 
     import mmvit
     from mmvit import dist
+    from mmvit.config import Config
     from mmvit.data import build_loader, resolve_data_config
+    from mmvit.data.classes import resolve_class_tables, task_configs, with_tables
     from mmvit.objectives import build_objective
+    from mmvit.objectives.base import objective_type
+    from mmvit.registry import OBJECTIVES
     from mmvit.pretrained import apply_init_from
     from mmvit.train import engine as ds
     from mmvit.train import rng
@@ -109,6 +113,15 @@ def main(argv=None) -> int:
                          f"older checkpoint (--resume auto picks the newest complete one)")
     ds_config = ds.build_ds_config(cfg.get("deepspeed") or {}, train, universal=universal)
 
+    # Class tables (one per task, fixed before training from the config or the training split) size the heads;
+    # the resolved config holds them, so every later reader (eval, export, predict) maps labels the same way.
+    import mmvit.objectives  # noqa: F401  (registers the built-in objectives)
+
+    tables = None
+    if OBJECTIVES.get(objective_type(cfg.get("objective"))).uses_labels:
+        tables = resolve_class_tables(cfg)
+        cfg = Config(with_tables(cfg, tables))
+
     # Model, objective and engine. Same seed on every rank for the initial weights (DeepSpeed also
     # broadcasts rank 0's).
     seed = int(cfg.get("seed", 0))
@@ -117,7 +130,8 @@ def main(argv=None) -> int:
     apply_init_from(model)
     if train.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    objective = build_objective(cfg.get("objective"), model).to(ds.device())
+    weights = {t: spec.weight for t, spec in task_configs(cfg).items()}
+    objective = build_objective(cfg.get("objective"), model, task_weights=weights).to(ds.device())
     n_params = sum(p.numel() for p in objective.parameters())  # before ZeRO-3 shards them
     engine = ds.Engine(objective, ds_config, train)
     if train.ema_decay is not None and engine.zero_stage == 3:
@@ -141,7 +155,7 @@ def main(argv=None) -> int:
     curriculum = build_curriculum(cfg.get("curriculum"), total_steps=train.steps,
                                   data=resolve_data_config(data_cfg, "train"))
     loader, control = build_loader(data_cfg, split="train", rank=rank, world_size=world_size, seed=seed,
-                                   stage=curriculum(state.step), train=True)
+                                   stage=curriculum(state.step), train=True, tables=tables)
     if client.get("data"):
         data_state, _ = rng.pick_rank_state(client["data"], rank, world_size)
         control.load_state_dict(data_state)
@@ -150,6 +164,8 @@ def main(argv=None) -> int:
                  fresh=resume is None)
     if rank == 0:
         cfg.dump(os.path.join(run_dir, ckpt.CONFIG_NAME))
+        if tables is not None:
+            tables.save(os.path.join(run_dir, ckpt.CLASSES_NAME))
         with open(os.path.join(run_dir, "schedule.json"), "w") as f:
             json.dump(plan(curriculum, train.steps), f)
     log.info(f"{world_size} rank(s) on {ds.device()}, ZeRO stage {engine.zero_stage}, {engine.dtype}, "
@@ -158,6 +174,8 @@ def main(argv=None) -> int:
     report = getattr(model, "pretrained_report", None)
     if report is not None:
         log.info(report.summary())
+    for t, table in (tables or {}).items():
+        log.info(f"task {t!r}: {len(table)} classes ({table.origin})")
     if resume is not None:
         saved = len(client.get("data") or [])
         log.info(f"resumed from {resume} at step {state.step}" +
@@ -168,7 +186,8 @@ def main(argv=None) -> int:
 
     ctx = Context(cfg=cfg, train=train, evalc=evalc, engine=engine, curriculum=curriculum, loader=loader,
                   control=control, ema=ema, log=log, faults=Faults(train.faults, rank), rank=rank,
-                  world_size=world_size, run_dir=run_dir, device=ds.device(), seed=seed, stop_requested=StopFlag())
+                  world_size=world_size, run_dir=run_dir, device=ds.device(), seed=seed, stop_requested=StopFlag(),
+                  classes=None if tables is None else tables.to_json(), tables=tables)
     try:
         outcome = run_loop(ctx, state)
         if outcome == "done" and export.enabled:

@@ -30,7 +30,7 @@ def eval_settings(evalc: Any, seed: int) -> EvalSettings:
 
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, cfg: dict, evalc: Any, *, seed: int, device: torch.device,
-                   dtype: torch.dtype, dummy_batch=None, num_classes: int | None = None) -> dict | None:
+                   dtype: torch.dtype, dummy_batch=None, tables=None) -> dict | None:
     """Evaluate on every rank; on rank 0 returns ``{"top1", "top5", "count", "passes": {name: {...}}}``."""
     settings = eval_settings(evalc, seed)
     data_cfg = dict(cfg["data"])
@@ -38,21 +38,21 @@ def evaluate_model(model: torch.nn.Module, cfg: dict, evalc: Any, *, seed: int, 
     was_training = model.training
     try:
         outputs = evaluate_rank(model, cfg, settings, rank=dist.rank(), world_size=dist.world_size(), device=device,
-                                passes=passes, lockstep=True, dummy_batch=dummy_batch, dtype=dtype)
+                                passes=passes, lockstep=True, dummy_batch=dummy_batch, dtype=dtype, tables=tables)
     finally:
         model.train(was_training)
     per_rank = gather_outputs(outputs)
     if dist.rank() != 0:
         return None
-    results = summarize(passes, per_rank, settings, num_classes, listed_counts(passes, data_cfg, settings))
+    results = summarize(passes, per_rank, settings, tables, listed_counts(passes, data_cfg, settings, tables))
     out: dict = {"passes": {}, "warnings": []}
     hits = hits5 = count = 0
     seen_kinds: set[str] = set()
     for r in results:
         out["passes"][r["name"]] = {k: r[k] for k in ("top1", "top5", "mean_class_acc", "samples")}
         out["warnings"] += [f"{r['name']}: {w}" for w in r["warnings"]]
-        if r["kind"] not in seen_kinds:  # each video and image counted once in the headline
-            seen_kinds.add(r["kind"])
+        if (r["kind"], r["task"]) not in seen_kinds:  # each video and image counted once in the headline
+            seen_kinds.add((r["kind"], r["task"]))
             hits += r["top1"] * r["samples"]
             hits5 += r["top5"] * r["samples"]
             count += r["samples"]

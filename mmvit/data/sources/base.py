@@ -39,6 +39,7 @@ class Item:
         data: the encoded file, for samples that arrive as bytes (webdataset).
         info: width/height/frames/fps from a JSON sidecar, when the source has one.
         error: a problem known before reading (bad label, path outside root): the item is skipped.
+        task: index of the item's task in the run's class tables (set by the loader from its source).
         failed: set by the loader when the item turned out bad, so that its other evaluation views (the
             same object) are dropped without being counted again.
     """
@@ -51,6 +52,7 @@ class Item:
     info: dict | None = None
     error: BadSample | None = None
     failed: bool = False
+    task: int = 0
 
     @property
     def src(self) -> str | bytes:
@@ -113,6 +115,25 @@ class Source:
     name: str = ""
     weight: float = 1.0
     views: ViewsConfig = ViewsConfig()
+    task: str | None = None        # the source's task (set from its config entry; None: the run's only task)
+    table = None                   # the ClassTable of that task, bound by the loader
+
+    # -- labels (see mmvit/data/classes.py) -----------------------------------------------------------------
+    def declared_classes(self) -> list[str] | None:
+        """The class order the source itself declares (a dataset's class file), if any."""
+        return None
+
+    def declared_num_classes(self) -> int | None:
+        """The number of integer classes the source declares, if any."""
+        return None
+
+    def label_summary(self) -> tuple[list, list[int], str] | None:
+        """``(raw labels, line numbers, file)`` when the source can list its labels cheaply, else ``None``."""
+        return None
+
+    def bind(self, table) -> None:
+        """Use ``table`` (the run's class table of this source's task) for every label."""
+        self.table = table
 
     def video_fraction(self) -> float:
         """Expected share of videos among the items (sizes training epochs)."""

@@ -61,6 +61,9 @@ class Synthetic(IndexedSource):
     def video_fraction(self) -> float:
         return self.video_frac
 
+    def declared_num_classes(self) -> int:
+        return self.num_classes
+
     def item(self, index: int) -> Item:
         r = rng(Purpose.SYNTH_ITEM, self.seed, index)
         video = bool(r.random() < self.video_frac)

@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from mmvit.data.classes import OUT_OF_RANGE, read_classes
 from mmvit.data.errors import BadSample
 from mmvit.data.rng import Purpose, rng
 from mmvit.data.sources.base import Item, Source, SourceContext, Stream, ViewsConfig
@@ -173,7 +174,7 @@ def _key_ext(name: str) -> tuple[str | None, str | None]:
     return base_plus_ext(name)
 
 
-def read_shard(url: str) -> Iterator[Item]:
+def read_shard(url: str, labeler: Labeler | None = None) -> Iterator[Item]:
     """The samples of one shard, in order; damage comes as items with ``error`` set (``corrupt_tar``).
 
     Damage is attributed to the sample next to it: a sample that lost its media to it (the one before, or
@@ -199,7 +200,7 @@ def read_shard(url: str) -> Iterator[Item]:
                     if pending is not None and not _has_media(group):
                         group.setdefault("__damage__", pending)  # the damage took this sample's media
                         pending = None
-                    yield from _finish(url, group)
+                    yield from _finish(url, group, labeler)
                 group = {"__key__": key}
             if pending is not None:
                 group.setdefault("__damage__", pending)
@@ -211,7 +212,7 @@ def read_shard(url: str) -> Iterator[Item]:
             else:
                 yield _error_item(url, pending)
         if group is not None:
-            yield from _finish(url, group)
+            yield from _finish(url, group, labeler)
     finally:
         f.close()
 
@@ -224,9 +225,9 @@ def _error_item(url: str, detail: str) -> Item:
     return Item(kind="image", path=url, id=url, label=None, error=BadSample("corrupt_tar", url, detail))
 
 
-def _finish(url: str, group: dict[str, Any]) -> Iterator[Item]:
+def _finish(url: str, group: dict[str, Any], labeler: Labeler | None) -> Iterator[Item]:
     damage = group.pop("__damage__", None)
-    item = _to_item(url, group)
+    item = _to_item(url, group, labeler or integer_label)
     if damage is not None:
         if item.error is None:  # intact despite the damage next to it
             yield _error_item(url, damage)
@@ -235,7 +236,18 @@ def _finish(url: str, group: dict[str, Any]) -> Iterator[Item]:
     yield item
 
 
-def _to_item(url: str, sample: dict[str, Any]) -> Item:
+Labeler = Callable[[str, str], tuple[int | None, BadSample | None]]
+
+
+def integer_label(raw: str, path: str) -> tuple[int | None, BadSample | None]:
+    """A ``.cls`` text as an integer label (no class table at hand)."""
+    try:
+        return int(raw), None
+    except ValueError:
+        return None, BadSample("bad_label", path, f"label {raw!r} is not an integer and no class table maps names")
+
+
+def _to_item(url: str, sample: dict[str, Any], labeler: Labeler) -> Item:
     key = sample["__key__"]
     path = f"{url}#{key}"
     media = next((e for e in (*IMAGE_EXTS, *VIDEO_EXTS) if e in sample), None)
@@ -246,11 +258,13 @@ def _to_item(url: str, sample: dict[str, Any]) -> Item:
     item = Item(kind=kind, path=path, id=key, label=None, data=sample[media])
     raw = sample.get("cls")
     try:
-        item.label = int(raw.decode("utf-8").strip()) if raw is not None else None
-    except (UnicodeDecodeError, ValueError):
-        item.label = None
-    if item.label is None:
-        item.error = BadSample("bad_label", path, "missing or unparseable .cls member")
+        text = raw.decode("utf-8").strip() if raw is not None else ""
+    except UnicodeDecodeError:
+        text = ""
+    if not text:
+        item.error = BadSample("bad_label", path, "missing or unreadable .cls member")
+    else:
+        item.label, item.error = labeler(text, path)
     if "json" in sample:
         try:
             info = json.loads(sample["json"])
@@ -277,10 +291,11 @@ class WebDataset(Source):
     has_views = True
 
     def __init__(self, urls: str | list[str] | None = None, index: str | None = None, weight: float = 1.0,
-                 num_samples: int | None = None, views: dict | None = None, name: str | None = None,
-                 *, ctx: SourceContext | None = None):
+                 num_samples: int | None = None, views: dict | None = None, classes: list[str] | str | None = None,
+                 name: str | None = None, *, ctx: SourceContext | None = None):
         if (urls is None) == (index is None):
             raise ValueError("webdataset: give exactly one of urls and index")
+        declared = None
         if index is not None:
             with open(index) as f:
                 meta = json.load(f)
@@ -288,6 +303,7 @@ class WebDataset(Source):
             urls = [u if ("://" in u or os.path.isabs(u) or is_pipe(u)) else os.path.join(base, u)
                     for u in meta["shards"]]
             num_samples = num_samples if num_samples is not None else meta.get("num_samples")
+            declared = meta.get("classes")
         self.urls = expand_urls(urls)
         if not self.urls:
             raise ValueError(f"webdataset: no shards in {urls!r}")
@@ -299,6 +315,24 @@ class WebDataset(Source):
         self.num_samples = num_samples
         self.views = ViewsConfig.parse(views)
         self.name = name or (index or (urls if isinstance(urls, str) else self.urls[0]))
+        # The index file of tools/make_shards.py records the class order of the list it was made from.
+        self._declared = read_classes(classes) if classes is not None else declared
+
+    def declared_classes(self) -> list[str] | None:
+        return None if self._declared is None else list(self._declared)
+
+    def encode_label(self, raw: str, path: str) -> tuple[int | None, BadSample | None]:
+        """A ``.cls`` text through the bound class table (names or integers)."""
+        if self.table is None:
+            return integer_label(raw, path)
+        code = int(self.table.encode([raw])[0])
+        if code >= 0:
+            return code, None
+        if code == OUT_OF_RANGE:
+            return None, BadSample("label_out_of_range", path, f"label {raw} not in [0, {len(self.table)}) "
+                                   f"(task {self.table.task!r})")
+        return None, BadSample("unknown_class", path, f"class {raw!r} is not in the class table of task "
+                               f"{self.table.task!r} ({self.table.origin})")
 
     def num_items(self) -> int | None:
         return self.num_samples
@@ -335,7 +369,7 @@ class ShardStream(Stream):
         shards, _, _ = self._plan(self.cycle)
         if self._it is not None:
             self._it.close()
-        self._it = read_shard(shards[self.shard])
+        self._it = read_shard(shards[self.shard], self.source.encode_label)
         self._it_at, self._read = (self.cycle, self.shard), 0
 
     def next(self) -> Item | None:
