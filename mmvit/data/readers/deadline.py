@@ -41,7 +41,7 @@ class ReadTimeout(BadSample):
 
 
 class _Job:
-    __slots__ = ("fn", "args", "kwargs", "done", "result", "error", "then")
+    __slots__ = ("args", "done", "error", "fn", "kwargs", "result", "then")
 
     def __init__(self, fn: Callable, args: tuple, kwargs: dict):
         self.fn, self.args, self.kwargs = fn, args, kwargs
@@ -220,7 +220,7 @@ class DeadlineReader:
         if self._failed is None:  # a stuck read owns the file: its thread closes it when the read returns
             self.f.close()
 
-    def __enter__(self) -> DeadlineReader:
+    def __enter__(self) -> DeadlineReader:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
