@@ -23,15 +23,17 @@ from mmvit.testing import media as synth
 def brute_axis(full: int, start: int, length: int, target: int) -> tuple[int, int, int]:
     """(decoded length, box start, box length) on one axis by enumeration.
 
-    Decoded length: the smallest d in 1..full at which the box, scaled by d / full, is at least ``target``
-    long; ``full`` when even the native frame does not reach it (no upscaling in the decoder). Box length:
-    the largest whole number of decoded pixels inside the scaled box. Box start: of all starts that keep
+    Decoded length: of the lengths d in 1..full at which the box, scaled by d / full, is at least ``target``
+    long, the smallest even one, or ``full`` when no even one is (or when even the native frame does not
+    reach the target: no upscaling in the decoder). Box length: ``target`` when the scaled box is less than
+    2 pixels longer, else the largest whole number of pixels inside it. Box start: of all starts that keep
     the box inside the decoded frame, the one whose centre is nearest the scaled box's centre.
     """
     ok = [d for d in range(1, full + 1) if length * d >= target * full]
-    d = min(ok) if ok and length > target else full
+    even = [d for d in ok if d % 2 == 0 or d == full]
+    d = min(even) if ok and length > target else full
     scaled = length * d / full
-    n = max(k for k in range(1, d + 1) if k <= scaled + 1e-9)
+    n = target if target <= scaled + 1e-9 < target + 2 else max(k for k in range(1, d + 1) if k <= scaled + 1e-9)
     centre = (start + length / 2) * d / full
     start_d = min(range(d - n + 1), key=lambda s: (abs(s + n / 2 - centre), -s))
     return d, start_d, n
@@ -50,8 +52,9 @@ def test_decode_plan_matches_brute_force():
         # Start: the nearest to the centre (ties may round either way).
         assert abs(t2 - ref_h[1]) <= 1 and abs(l2 - ref_w[1]) <= 1
         assert 0 <= t2 and t2 + h2 <= dh and 0 <= l2 and l2 + w2 <= dw
-        # A downscaled axis lands exactly on its target, so the caller's resize is a no-op there.
-        assert h2 == (th if dh < H else bh) and w2 == (tw if dw < W else bw)
+        # An axis whose box is longer than its target lands exactly on it: the caller's resize is a no-op.
+        assert h2 == min(th, bh) and w2 == min(tw, bw)
+        assert (dh % 2 == 0 or dh == H) and (dw % 2 == 0 or dw == W)
 
 
 def test_shared_decode_plan_covers_every_view():

@@ -8,9 +8,9 @@ when a codec library hangs or crashes. That is why it imports nothing from mmvit
 Decoding does only what a clip needs (the accelerator-starving decoders of VideoMAE issue 81 and
 mmaction2 issues 264 and 1697 convert and resize every frame at full size): PyAV seeks to the key frame
 before each far-away wanted frame, decodes forward, and converts to RGB only the wanted frames, scaling
-them in the same swscale call (``VideoReformatter.reformat(width=, height=, format="rgb24")``) with one
-reformatter reused for the whole clip (a fresh one per frame costs a new swscale context each time);
-decord gets the sorted unique indices (it decodes forward and skips the conversion of frames it passes,
+them during the conversion (``VideoReformatter.reformat(width=, height=, format="rgb24")``; even sizes of
+4:2:0 video are scaled in YUV just before, see ``_ToRGB``) with reformatters reused for the whole clip (a
+fresh one per frame costs a new swscale context each time); decord gets the sorted unique indices (it decodes forward and skips the conversion of frames it passes,
 but seeks back for an index lower than the last) and scales in its filter graph
 (``VideoReader(width=, height=)``). Both scalers are swscale's ``BILINEAR``, which widens its filter
 with the downscale factor and so antialiases (tests compare it with torch's antialiased bilinear).
@@ -176,26 +176,43 @@ class _NoTimestamps(Exception):
     pass
 
 
+# Source formats scaled in their own planes before the RGB conversion (see _ToRGB).
+_PLANAR_420 = ("yuv420p", "yuvj420p")
+
+
 class _ToRGB:
-    """RGB conversion (and scaling) of decoded frames to one output size with one reusable swscale context."""
+    """RGB conversion (and scaling) of decoded frames to one output size, with reusable swscale contexts.
+
+    Scaling 8-bit 4:2:0 frames to an even size is done in two swscale calls, the planes scaled in their own
+    format and then converted by swscale's unscaled YUV to RGB path (the one native-size frames take):
+    measured 2.5x (720p) to 5x (340x256) faster than one call that scales into packed RGB, whose output
+    stage has no SIMD path. Odd sizes and other formats take the single call (chroma planes of odd-sized
+    4:2:0 frames come out misaligned by the second step).
+    """
 
     def __init__(self, h: int, w: int, threads: int):
         from av.video.reformatter import VideoReformatter
 
         self.h, self.w = h, w
-        self.reformatter = VideoReformatter()
+        self.scale, self.rgb = VideoReformatter(), VideoReformatter()
         self.options: dict[str, Any] = {"threads": max(1, int(threads))}
+
+    def _reformat(self, reformatter, frame, **kw):
+        try:
+            return reformatter.reformat(frame, **kw, **self.options)
+        except TypeError:  # a PyAV without reformat(threads=): let swscale choose
+            self.options = {}
+            return reformatter.reformat(frame, **kw)
 
     def __call__(self, frame) -> np.ndarray:
         """uint8 ``[h, w, 3]``, possibly a view of the converted frame's buffer (copy before keeping it)."""
-        kw = dict(width=self.w, height=self.h, format="rgb24", interpolation="BILINEAR", **self.options)
-        try:
-            out = self.reformatter.reformat(frame, **kw)
-        except TypeError:  # a PyAV without reformat(threads=): let swscale choose
-            self.options = {}
-            kw.pop("threads")
-            out = self.reformatter.reformat(frame, **kw)
-        return out.to_ndarray()
+        if (frame.height, frame.width) != (self.h, self.w):
+            if frame.format.name in _PLANAR_420 and self.h % 2 == 0 and self.w % 2 == 0:
+                frame = self._reformat(self.scale, frame, width=self.w, height=self.h, interpolation="BILINEAR")
+            else:
+                return self._reformat(self.rgb, frame, width=self.w, height=self.h, format="rgb24",
+                                      interpolation="BILINEAR").to_ndarray()
+        return self._reformat(self.rgb, frame, format="rgb24", interpolation="BILINEAR").to_ndarray()
 
 
 def _decode_pyav(src, head, indices, pts, keyframes, threads, deadline, size, stats) -> np.ndarray:
