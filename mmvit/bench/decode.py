@@ -14,8 +14,9 @@ Per file, for an 8-frame TSN sample (``sample_frames(..., sampling="uniform")``)
 - ``VideoDecoder.read`` with PyAV and with decord, in process, at native size and scaled in the decoder to
   a 224-pixel short side (the size ``geometry.decode_plan`` gives for the full frame);
 - for reference: PyAV at native size then torch's antialiased bilinear resize (what the loader did before
-  in-decoder scaling), and decord scaled in its child process (``decode_isolation: process``, the
-  loader's default for decord: the frames come back through a pipe);
+  in-decoder scaling), PyAV converting each wanted frame with ``frame.to_ndarray(format="rgb24")`` (a new
+  swscale context per frame, as the reader did before), and decord scaled in its child process
+  (``decode_isolation: process``, the loader's default for decord: the frames come back through a pipe);
 - torchcodec's ``VideoDecoder.get_frames_at`` (native, and with its ``Resize`` decoder transform) when
   torchcodec imports (it is not a project dependency; see docs/benchmarks.md for why).
 
@@ -78,15 +79,17 @@ def write_clip(path: str, h: int, w: int, frames: int, fps: int, gop: int | None
 
 
 def decode_limit(path: str, indices: Sequence[int], pts: Sequence[int], keyframes: Sequence[int],
-                 threads: int = 1) -> int:
+                 threads: int = 1, convert: Callable | None = None) -> int:
     """Decode (no RGB conversion) every frame that ``indices`` need; returns the number of frames decoded.
 
     Runs of wanted frames start at the key frame before their first frame, unless decoding on from the
     previous run reaches it without skipping a frame; each run is decoded up to its last wanted frame.
+    ``convert``, if given, is called on each wanted frame (for the reference variant of the old reader).
     """
     import av
 
     wanted = sorted({int(i) for i in indices})
+    want_pts = {int(pts[i]) for i in wanted}
     runs: list[list[int]] = []
     for i in wanted:
         key = max((k for k in keyframes if k <= i), default=0)
@@ -102,6 +105,8 @@ def decode_limit(path: str, indices: Sequence[int], pts: Sequence[int], keyframe
             container.seek(int(pts[key]), stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 n += 1
+                if convert is not None and frame.pts in want_pts:
+                    convert(frame)
                 if frame.pts is not None and frame.pts >= pts[last]:
                     break
     return n
@@ -155,6 +160,16 @@ def _variants(path: str, info: dict, idx: list[int], size: tuple[int, int], chil
         return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
     out["pyav native + torch resize"] = (resized, size)
+    # The reader before in-decoder scaling: frame.to_ndarray(format="rgb24") makes a new swscale context
+    # for every frame (frames kept in a list and stacked, as it did).
+    def per_frame_context() -> np.ndarray:
+        got: list[np.ndarray] = []
+        decode_limit(path, idx, info["pts"], info["keyframes"], convert=lambda f: got.append(f.to_ndarray(
+            format="rgb24")))
+        by_pts = dict(zip(sorted({int(info["pts"][i]) for i in idx}), got))
+        return np.stack([by_pts[int(info["pts"][i])] for i in idx])
+
+    out["pyav native, new swscale context per frame"] = (per_frame_context, native)
     if importlib.util.find_spec("decord") is not None:
         decord = VideoDecoder("decord", isolation="none")
         child = VideoDecoder("decord", isolation="process", timeout_s=60.0)
