@@ -126,7 +126,7 @@ class VideoDecoder:
             limit = self.timeout_s
             wait = None if limit is None else limit + min(_GRACE_S, _GRACE_FRACTION * limit)
             out = deadline.call(backends.run_request, dict(request, timeout_s=limit), timeout_s=wait, name=name,
-                                what=f"{request['op']} {'probe' if request['op'] == 'probe' else 'decode'}")
+                                what="probing" if request["op"] == "probe" else f"{request['op']} decoding")
         except MediaError as e:
             raise BadSample(e.cause, name, e.detail) from None
         except BadSample:
