@@ -78,9 +78,22 @@ def test_loader():
 
 
 def test_decode():
-    from mmvit.bench import io
+    from mmvit.bench import decode, io
 
-    _check(io.run_decode(tiny=True, repeats=1))
+    if importlib.util.find_spec("av") is None:
+        pytest.skip("PyAV not available")
+    report = io.run_decode(tiny=True, repeats=1)
+    _check(report)
+    rows = [r for r in report.tables[0].rows if "ratio" in r]
+    # Every variant returned the requested frames (their coded indices) at its size; ratios are real numbers.
+    assert rows and all(r["ok"] is True for r in rows if r["variant"] != "limit")
+    assert all(decode.finite_positive(r["ratio"]) for r in rows)
+    # The PyAV reader decodes exactly the frames the limit decodes: none twice, none it does not need.
+    for r in rows:
+        if r["variant"].startswith("pyav"):
+            limit = next(x for x in rows if x["video"] == r["video"] and x["job"] == r["job"] and x["variant"] == "limit")
+            assert r["decoded"] == limit["decoded"]
+    assert {b.name.split()[0] for b in report.bars} == {"pyav", "decord"} and all(b.holds is None for b in report.bars)
 
 
 def test_cli_writes_json(tmp_path, capsys):

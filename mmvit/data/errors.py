@@ -49,6 +49,12 @@ class TooManyBadSamples(RuntimeError):
     DataLoader can re-raise it in the main process with the worker's traceback."""
 
 
+class TooManyStuckThreads(RuntimeError):
+    """Several reads or decodes of one process ran past their time limit and never returned (their helper
+    threads are still stuck in C code; see ``mmvit.data.readers.deadline``). Not a bad sample: the worker
+    stops with this error rather than leak more threads. One message string, like TooManyBadSamples."""
+
+
 def sniff(head: bytes) -> str | None:
     """The media family of a file from its first bytes: ``"image"``, ``"video"`` or ``None`` (unknown)."""
     if head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")):

@@ -4,6 +4,10 @@ Modes: RGB as is; L, LA, 1, P, PA, RGBA, RGBX, CMYK, YCbCr, LAB, HSV through Pil
 (alpha is dropped, as timm and torchvision do); 16-bit and 32-bit integer or float greyscale (``I;16*``,
 ``I``, ``F``) are rescaled to 8 bits by hand because ``convert`` would clip them. Only the first frame of
 an animated file is read.
+
+``timeout_s`` limits probing and decoding in process: Pillow decodes in C with the GIL released, so the
+work runs in a helper thread that is abandoned past the limit (see deadline.py) and the image is skipped
+as ``timeout``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from PIL import Image
 
 from mmvit.data.errors import BadSample, open_failure
+from mmvit.data.readers import deadline
 
 # Pillow's own bomb limit is ~179 Mpx; a training image that large is a mistake or an attack either way.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -55,8 +60,13 @@ def _open(src: str | bytes, name: str, max_pixels: int) -> Image.Image:
     return img
 
 
-def probe_image(src: str | bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+def probe_image(src: str | bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                timeout_s: float | None = None) -> dict:
     """``{"width", "height", "mode"}`` from the header only (no pixel decoding)."""
+    return deadline.call(_probe, src, name, max_pixels, timeout_s=timeout_s, name=name, what="probing the image")
+
+
+def _probe(src: str | bytes, name: str, max_pixels: int) -> dict:
     img = _open(src, name, max_pixels)
     try:
         return {"width": img.size[0], "height": img.size[1], "mode": img.mode, "frames": 1}
@@ -87,8 +97,13 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return out
 
 
-def decode_image(src: str | bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """uint8 ``[H, W, 3]``; raises :class:`BadSample`."""
+def decode_image(src: str | bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 timeout_s: float | None = None) -> np.ndarray:
+    """uint8 ``[H, W, 3]``; raises :class:`BadSample` (``timeout`` past ``timeout_s``)."""
+    return deadline.call(_decode, src, name, max_pixels, timeout_s=timeout_s, name=name, what="decoding the image")
+
+
+def _decode(src: str | bytes, name: str, max_pixels: int) -> np.ndarray:
     img = _open(src, name, max_pixels)
     try:
         try:
@@ -103,11 +118,12 @@ def decode_image(src: str | bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXE
         img.close()
 
 
-def read_image(path: str | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def read_image(path: str | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, timeout_s: float | None = None) -> torch.Tensor:
     """An image file (or its encoded bytes) as uint8 ``[H, W, 3]`` RGB.
 
     Raises:
-        BadSample: missing, empty, not an image, corrupt, unconvertible mode, or more than ``max_pixels``.
+        BadSample: missing, empty, not an image, corrupt, unconvertible mode, more than ``max_pixels``, or
+            slower than ``timeout_s``.
     """
     name = path if isinstance(path, str) else "<bytes>"
-    return torch.from_numpy(decode_image(path, name, max_pixels))
+    return torch.from_numpy(decode_image(path, name, max_pixels, timeout_s))
