@@ -80,8 +80,6 @@ def test_loader():
 def test_decode():
     from mmvit.bench import decode, io
 
-    if importlib.util.find_spec("av") is None:
-        pytest.skip("PyAV not available")
     report = io.run_decode(tiny=True, repeats=1)
     _check(report)
     rows = [r for r in report.tables[0].rows if "ratio" in r]

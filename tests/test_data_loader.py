@@ -93,6 +93,29 @@ def test_eval_gives_every_good_sample_and_view_exactly_once_across_ranks_and_wor
     assert bad == collections.Counter(corpus["bad"].values())  # every bad sample skipped once, with its cause
 
 
+def test_multi_view_evaluation_decodes_each_video_once(corpus, monkeypatch):
+    """All temporal clips and crops of a video come from one decode of the union of their frames."""
+    from mmvit.data.readers.video import VideoDecoder
+
+    calls = collections.Counter()
+    read = VideoDecoder.read
+
+    def counting(self, src, name, indices, info=None, size=None):
+        calls[name] += 1
+        return read(self, src, name, indices, info, size)
+
+    monkeypatch.setattr(VideoDecoder, "read", counting)
+    cfg = make_cfg(corpus)
+    cfg["sources"][1]["views"] = {"temporal": 2, "spatial": 2, "full_frame": True}  # 6 views per video
+    out, _ = batches(cfg, split="val", train=False)
+    views = collections.Counter(m["path"] for b in out for m in b.meta if m["kind"] == "video")
+    assert views and set(views.values()) == {6}
+    assert {p: calls[p] for p in views} == {p: 1 for p in views}
+    frames = {(m["path"], m["view"]): m["frame_indices"] for b in out for m in b.meta if m["kind"] == "video"}
+    path = next(iter(views))
+    assert frames[(path, 0)] != frames[(path, 3)]  # the two temporal clips differ
+
+
 def test_eval_is_deterministic_and_keeps_the_aspect_ratio(corpus):
     cfg = make_cfg(corpus, resolution={"type": "fixed", "values": [20], "mode": "tokens"}, patch_sizes=[8])
     first, _ = batches(cfg, split="val", train=False)

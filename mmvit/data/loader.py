@@ -106,7 +106,8 @@ def build_loader(data_cfg: dict | DataConfig, *, split: str, rank: int, world_si
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     cfg = resolve_data_config(data_cfg, split)
     tables = default_tables(data_cfg, split) if tables is None else tables
-    ctx = SourceContext(allow_outside_root=cfg.allow_outside_root, allow_pipe_urls=cfg.allow_pipe_urls)
+    ctx = SourceContext(allow_outside_root=cfg.allow_outside_root, allow_pipe_urls=cfg.allow_pipe_urls,
+                        read_timeout_s=cfg.decode_timeout_s)
     sources = build_sources(cfg.sources, ctx, tables)
     make_stage(cfg, stage)
     bpe = None

@@ -18,8 +18,8 @@ oldest waiting example was drawn and which draws still wait, so that the loader 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import time
 import zlib
 from typing import Any
 
@@ -34,6 +34,7 @@ from mmvit.data.draws import Draw, Mixer
 from mmvit.data.errors import BadSample, SkipCounter, TooManyBadSamples
 from mmvit.data.frames import sample_frames
 from mmvit.data.packer import select_examples
+from mmvit.data.readers.geometry import decode_plan, shared_decode_plan
 from mmvit.data.readers.image import decode_image, probe_image
 from mmvit.data.readers.video import VideoDecoder
 from mmvit.data.rng import Purpose, rng
@@ -41,6 +42,9 @@ from mmvit.data.sources.base import Source
 from mmvit.data.stage import Stage, make_stage, plan_tokens
 from mmvit.packing import PackedBatch, PatchSize, pack
 from mmvit.token_drop import make_rate_fn, num_kept
+
+
+_VIEW_CACHE = 8  # videos whose multi-view decode is being served (views of one video are drawn one after another)
 
 
 @dataclasses.dataclass
@@ -90,6 +94,7 @@ class _Worker:
         self.exhausted = False
         self.bad_run = 0  # bad draws in a row: an endless stream of nothing but bad samples must end
         self.rate_fn = make_rate_fn(self.cfg.drop_rate) if ds.train else None
+        self.view_cache: collections.OrderedDict = collections.OrderedDict()  # multi-view decodes being served
         self.augment = self.cfg.augment
 
     # --- state ---------------------------------------------------------------------------------------------
@@ -148,7 +153,7 @@ class _Worker:
 
     def _probe(self, item) -> dict:
         if item.kind == "image":
-            return probe_image(item.src, item.path, self.cfg.max_image_pixels)
+            return probe_image(item.src, item.path, self.cfg.max_image_pixels, timeout_s=self.cfg.decode_timeout_s)
         return self.ds.decoder().probe(item.src, item.path, key=item.path)
 
     def refill(self) -> None:
@@ -192,32 +197,63 @@ class _Worker:
         return ExamplePlan(box, flip, size, frames, tokens, kept, rate, frame_seed)
 
     # --- decoding ------------------------------------------------------------------------------------------
-    def decode(self, w: Waiting, plan: ExamplePlan) -> tuple[torch.Tensor, dict]:
-        cfg, train = self.cfg, self.ds.train
+    def frame_indices(self, w: Waiting, plan: ExamplePlan, t_view: int) -> tuple[list[int], int]:
+        views = self.ds.sources[w.draw.sid].views
+        return sample_frames(int(w.info["frames"]), plan.frames, sampling=self.cfg.sampling,
+                             interval=self.cfg.frame_interval, train=self.ds.train,
+                             rng=np.random.default_rng(plan.frame_seed), view=t_view, num_views=views.temporal)
+
+    def video_frames(self, w: Waiting, plan: ExamplePlan, indices: list[int], stage: Stage,
+                     patch: PatchSize) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """A clip's frames, decoded at the smallest size its crop needs (the decoder scales while converting
+        to RGB), and the crop box in them. In multi-view evaluation the first view of a video decodes the
+        frames of all its views in one pass; the others are served from that decode."""
+        item, info = w.draw.item, w.info
+        hw = (int(info["height"]), int(info["width"]))
+        source = self.ds.sources[w.draw.sid]
+        frames = source.load(item, indices)
+        if frames is not None:
+            return frames, scale_box(plan.box, hw, frames.shape[1:3])
+        n_views = source.views.count("video")
+        if self.ds.train or n_views == 1:
+            size, box = decode_plan(hw, plan.box, plan.size)
+            frames = self.ds.decoder().read(item.src, item.path, indices, info, size=size)
+            return frames, scale_box(box, size, frames.shape[1:3])  # guards against a sidecar that lied
+        key = (w.draw.sid, item.id, stage, patch)
+        if key not in self.view_cache:
+            plans = [self.plan(Waiting(dataclasses.replace(w.draw, view=v), info), stage, patch)
+                     for v in range(n_views)]
+            per_view = [self.frame_indices(w, p, source.views.decode(v, "video")[0])[0] for v, p in enumerate(plans)]
+            size, boxes = shared_decode_plan(hw, [p.box for p in plans], [p.size for p in plans])
+            clips = self.ds.decoder().read_views(item.src, item.path, per_view, info, size=size)
+            self.view_cache[key] = {v: (c, scale_box(b, size, c.shape[1:3]))
+                                    for v, (c, b) in enumerate(zip(clips, boxes))}
+            while len(self.view_cache) > _VIEW_CACHE:
+                self.view_cache.popitem(last=False)
+        views = self.view_cache[key]
+        frames, box = views.pop(w.draw.view)  # each view is served once
+        if not views:
+            del self.view_cache[key]
+        return frames, box
+
+    def decode(self, w: Waiting, plan: ExamplePlan, stage: Stage, patch: PatchSize) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
         item, info = w.draw.item, w.info
         source = self.ds.sources[w.draw.sid]
-        views = source.views
-        t_view, s_view = views.decode(max(w.draw.view, 0), item.kind)
+        t_view, s_view = source.views.decode(max(w.draw.view, 0), item.kind)
         meta: dict[str, Any] = {"path": item.path, "kind": item.kind, "id": item.id, "view": max(w.draw.view, 0),
                                 "label": item.label, "source": source.name, "task": self.ds.task_of(w.draw.sid),
                                 "orig_size": [int(info["height"]), int(info["width"])], "size": list(plan.size)}
-        start = time.monotonic()
         if item.kind == "image":
             frames = source.load(item, [0])
             if frames is None:
-                frames = decode_image(item.src, item.path, cfg.max_image_pixels)[None]
-            if cfg.decode_timeout_s is not None and time.monotonic() - start > cfg.decode_timeout_s:
-                raise BadSample("timeout", item.path, f"took {time.monotonic() - start:.1f} s > decode_timeout_s")
+                frames = decode_image(item.src, item.path, cfg.max_image_pixels, timeout_s=cfg.decode_timeout_s)[None]
+            box = scale_box(plan.box, (int(info["height"]), int(info["width"])), frames.shape[1:3])
         else:
-            indices, repeated = sample_frames(
-                int(info["frames"]), plan.frames, sampling=cfg.sampling, interval=cfg.frame_interval, train=train,
-                rng=np.random.default_rng(plan.frame_seed), view=t_view, num_views=views.temporal)
-            frames = source.load(item, indices)
-            if frames is None:
-                frames = self.ds.decoder().read(item.src, item.path, indices, info)
+            indices, repeated = self.frame_indices(w, plan, t_view)
+            frames, box = self.video_frames(w, plan, indices, stage, patch)
             meta.update(video_id=item.id, frame_indices=indices, repeated_frames=repeated,
                         temporal_view=t_view, spatial_view=s_view)
-        box = scale_box(plan.box, (int(info["height"]), int(info["width"])), frames.shape[1:3])
         x = to_sample(frames, box, plan.flip, plan.size, cfg.mean, cfg.std, video=item.kind == "video")
         return x, meta
 
@@ -252,7 +288,7 @@ class _Worker:
                     failed = True  # another view of this sample failed to decode
                     continue
                 try:
-                    x, meta = self.decode(w, plans[w.draw.j])
+                    x, meta = self.decode(w, plans[w.draw.j], stage, patch)
                 except BadSample as e:
                     self._fail(e, w.draw, admitted=True)
                     failed = True

@@ -99,6 +99,7 @@ class SourceContext:
 
     allow_outside_root: bool = False
     allow_pipe_urls: bool = False
+    read_timeout_s: float | None = None   # per read of a shard (data.decode_timeout_s)
 
 
 class Source:

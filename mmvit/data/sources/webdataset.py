@@ -28,6 +28,8 @@ import numpy as np
 
 from mmvit.data.classes import OUT_OF_RANGE, read_classes
 from mmvit.data.errors import BadSample
+from mmvit.data.readers import deadline
+from mmvit.data.readers.deadline import DeadlineReader, ReadTimeout
 from mmvit.data.rng import Purpose, rng
 from mmvit.data.sources.base import Item, Source, SourceContext, Stream, ViewsConfig
 from mmvit.registry import DATASETS
@@ -174,55 +176,69 @@ def _key_ext(name: str) -> tuple[str | None, str | None]:
     return base_plus_ext(name)
 
 
-def read_shard(url: str, labeler: Labeler | None = None) -> Iterator[Item]:
+def read_shard(url: str, labeler: Labeler | None = None, timeout_s: float | None = None) -> Iterator[Item]:
     """The samples of one shard, in order; damage comes as items with ``error`` set (``corrupt_tar``).
 
     Damage is attributed to the sample next to it: a sample that lost its media to it (the one before, or
     the one after) is reported as one ``corrupt_tar``; damage next to intact samples is reported on its own.
+    With ``timeout_s``, opening the shard and every read get that limit (``mmvit.data.readers.deadline``):
+    a stalled file or network read ends the shard with a ``timeout`` item instead of hanging the worker.
     """
     try:
-        f = _open(url)
+        f = deadline.call(_open, url, timeout_s=timeout_s, name=url, what="opening the shard")
+    except ReadTimeout as e:
+        yield _error_item(url, e.detail, "timeout")
+        return
     except Exception as e:  # noqa: BLE001  (any failure to open a shard: missing file, network, bad scheme)
         yield _error_item(url, f"cannot open: {type(e).__name__}: {e}")
         return
+    if timeout_s is not None:
+        f = DeadlineReader(f, timeout_s, url)
     try:
-        group: dict[str, Any] | None = None
-        pending: str | None = None  # damage not yet attributed to a sample
-        for what, name, data in iter_tar(f):
-            if what == "error":
-                pending = pending or name
-                continue
-            key, ext = _key_ext(name)
-            if key is None or os.path.basename(key).startswith("__"):
-                continue
-            if group is None or group["__key__"] != key:
-                if group is not None:
-                    if pending is not None and not _has_media(group):
-                        group.setdefault("__damage__", pending)  # the damage took this sample's media
-                        pending = None
-                    yield from _finish(url, group, labeler)
-                group = {"__key__": key}
-            if pending is not None:
-                group.setdefault("__damage__", pending)
-                pending = None
-            group[ext.lower()] = data
-        if pending is not None:
-            if group is not None:
-                group.setdefault("__damage__", pending)
-            else:
-                yield _error_item(url, pending)
-        if group is not None:
-            yield from _finish(url, group, labeler)
+        yield from _read_members(url, f, labeler)
+    except ReadTimeout as e:
+        yield _error_item(url, e.detail, "timeout")
     finally:
         f.close()
+
+
+def _read_members(url: str, f, labeler: Labeler | None) -> Iterator[Item]:
+    """The samples of an open shard (see :func:`read_shard`)."""
+    group: dict[str, Any] | None = None
+    pending: str | None = None  # damage not yet attributed to a sample
+    for what, name, data in iter_tar(f):
+        if what == "error":
+            pending = pending or name
+            continue
+        key, ext = _key_ext(name)
+        if key is None or os.path.basename(key).startswith("__"):
+            continue
+        if group is None or group["__key__"] != key:
+            if group is not None:
+                if pending is not None and not _has_media(group):
+                    group.setdefault("__damage__", pending)  # the damage took this sample's media
+                    pending = None
+                yield from _finish(url, group, labeler)
+            group = {"__key__": key}
+        if pending is not None:
+            group.setdefault("__damage__", pending)
+            pending = None
+        group[ext.lower()] = data
+    if pending is not None:
+        if group is not None:
+            group.setdefault("__damage__", pending)
+        else:
+            yield _error_item(url, pending)
+    if group is not None:
+        yield from _finish(url, group, labeler)
 
 
 def _has_media(group: dict[str, Any]) -> bool:
     return any(e in group for e in (*IMAGE_EXTS, *VIDEO_EXTS))
 
 
-def _error_item(url: str, detail: str) -> Item:
-    return Item(kind="image", path=url, id=url, label=None, error=BadSample("corrupt_tar", url, detail))
+def _error_item(url: str, detail: str, cause: str = "corrupt_tar") -> Item:
+    return Item(kind="image", path=url, id=url, label=None, error=BadSample(cause, url, detail))
 
 
 def _finish(url: str, group: dict[str, Any], labeler: Labeler | None) -> Iterator[Item]:
@@ -312,6 +328,7 @@ class WebDataset(Source):
         if weight <= 0:
             raise ValueError(f"webdataset: weight must be positive, got {weight}")
         self.weight = float(weight)
+        self.read_timeout_s = (ctx or SourceContext()).read_timeout_s
         self.num_samples = num_samples
         self.views = ViewsConfig.parse(views)
         self.name = name or (index or (urls if isinstance(urls, str) else self.urls[0]))
@@ -369,7 +386,7 @@ class ShardStream(Stream):
         shards, _, _ = self._plan(self.cycle)
         if self._it is not None:
             self._it.close()
-        self._it = read_shard(shards[self.shard], self.source.encode_label)
+        self._it = read_shard(shards[self.shard], self.source.encode_label, self.source.read_timeout_s)
         self._it_at, self._read = (self.cycle, self.shard), 0
 
     def next(self) -> Item | None:
