@@ -39,6 +39,24 @@ class Loaded:
         """Class names per task."""
         return {t: list(table.names) for t, table in (self.tables or {}).items()}
 
+    @property
+    def preprocess(self) -> dict:
+        """The data section the model was trained with: normalisation, patch sizes, frames, resolution (what
+        evaluation and :meth:`predict` read files with)."""
+        return dict(self.cfg.get("data") or {})
+
+    def predict(self, files, *, task: str | None = None, topk: int = 5, views: str = "full", **settings) -> list:
+        """Top-``topk`` (class, probability) of every file, per task (see :mod:`mmvit.predict`). Files that
+        cannot be read are left out and logged; ``mmvit.predict.predict`` also returns them."""
+        from mmvit.predict import PredictSettings, predict
+
+        device = next(self.model.parameters()).device
+        out = predict(self.model, self.cfg, self.tables, [files] if isinstance(files, str) else list(files),
+                      PredictSettings(topk=topk, task=task, views=views, **settings), device=device)
+        for f in out["failures"]:
+            log.warning("cannot predict %s: %s (%s)", f["path"], f["cause"], f["detail"])
+        return out["predictions"]
+
 
 def run_tables(cfg: dict, where: str) -> ClassTables | None:
     """The class tables of a run: from its config (``tasks.<task>.classes``, written by training), else

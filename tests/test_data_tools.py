@@ -42,6 +42,7 @@ def test_check_data_lists_every_bad_sample_with_its_reason(corpus, tmp_path, cap
         assert any(line.startswith(f"BAD {cause}: ") and line.split(": ", 1)[1].startswith(
             os.path.join(os.path.dirname(corpus["images"]), rel)) for line in bad_lines), (rel, cause)
     assert f"{len(corpus['good']) + len(corpus['bad'])} samples checked: {len(corpus['good'])} good" in out
+    assert "task 'default': 3 classes" in out  # the class table it would use
     # Only the good ones: exit status 0.
     good = tmp_path / "good.txt"
     good.write_text("".join(f"{p} {lab}\n" for p, lab in corpus["good"].items() if p.startswith("img/")))
@@ -49,6 +50,27 @@ def test_check_data_lists_every_bad_sample_with_its_reason(corpus, tmp_path, cap
                                                 "root": os.path.dirname(corpus["images"])}]
     path.write_text(yaml.safe_dump(cfg))
     assert tool("check_data").main([str(path), "--split", "val", "--set", "data.video_backend=decord"]) == 0
+
+
+def test_check_data_prints_the_class_table_and_flags_classes_without_training_samples(tmp_path, capsys):
+    for name in ("a", "b", "c", "d"):
+        media.write_image(str(tmp_path / f"{name}.png"), h=16, w=16)
+    (tmp_path / "train.txt").write_text("a.png dog\nb.png cat\nc.png dog\n")
+    (tmp_path / "val.txt").write_text("d.png cat\n")
+    cfg = {"tasks": {"default": {"classes": ["cat", "dog", "zebra"]}}, "data": {"splits": {
+        "train": {"sources": [{"type": "image_list", "list": str(tmp_path / "train.txt")}]},
+        "val": {"sources": [{"type": "image_list", "list": str(tmp_path / "val.txt")}]}}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert tool("check_data").main([str(path), "--split", "val"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["0", "cat", "1", "1"] in rows and ["1", "dog", "2", "0"] in rows and ["2", "zebra", "0", "0"] in rows
+    assert ["WARNING:", "task", "'default':", "1", "class(es)", "with", "no", "training", "sample:", "zebra"] in rows
+    (tmp_path / "train.txt").write_text("a.png 0\nb.png 1\nc.png cat\n")
+    cfg.pop("tasks")
+    path.write_text(yaml.safe_dump(cfg))
+    assert tool("check_data").main([str(path)]) == 1
+    assert f"{tmp_path / 'train.txt'}:3" in capsys.readouterr().out  # the mixed file, named with its line
 
 
 def test_make_shards_cli(corpus, tmp_path, capsys):

@@ -141,6 +141,10 @@ class DataControl:
         self.padding.append(float(batch.padding_fraction))
         self.examples.append(int(batch.num_examples))
 
+    def record_counts(self, end: Any) -> None:
+        """Called by the loader for an evaluation worker's final counts (``stream.PassEnd``)."""
+        self.skip_counts[str(end.role)] = end.skip_counts
+
     # --- resume ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The data position after the last batch handed out (JSON-able)."""
@@ -173,11 +177,13 @@ class DataControl:
         """Bad samples per cause (all workers), good samples, and padding of the recent batches."""
         bad: collections.Counter = collections.Counter()
         good = 0
+        failures: list = []
         for counts in self.skip_counts.values():
             bad.update(counts.get("bad", {}))
             good += int(counts.get("good", 0))
+            failures += counts.get("failures", [])
         pad = list(self.padding)
-        return {"bad": dict(bad), "bad_total": sum(bad.values()), "good_total": good,
+        return {"bad": dict(bad), "bad_total": sum(bad.values()), "good_total": good, "failures": failures,
                 "padding_last": pad[-1] if pad else None,
                 "padding_mean": sum(pad) / len(pad) if pad else None,
                 "examples_per_batch": sum(self.examples) / len(self.examples) if self.examples else None,

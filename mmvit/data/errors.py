@@ -86,7 +86,9 @@ class SkipCounter:
             is not a broken dataset).
     """
 
-    def __init__(self, max_bad_fraction: float, min_samples: int = 50, where: str = ""):
+    MAX_FAILURES = 10_000  # bad samples listed by path (evaluation and prediction report each one)
+
+    def __init__(self, max_bad_fraction: float, min_samples: int = 50, where: str = "", record_paths: bool = False):
         self.max_bad_fraction = max_bad_fraction
         self.min_samples = min_samples
         self.where = where
@@ -94,6 +96,8 @@ class SkipCounter:
         self.bad: Counter[str] = Counter()
         self.examples: dict[str, str] = {}  # first path per cause, for the summary
         self._logged: set[str] = set()       # paths already logged (training meets them again every cycle)
+        self.record_paths = record_paths
+        self.failures: list[list[str]] = []  # [path, cause, detail] of each bad sample (with record_paths)
 
     @property
     def total(self) -> int:
@@ -109,6 +113,8 @@ class SkipCounter:
             self.good -= 1
         self.bad[err.cause] += 1
         self.examples.setdefault(err.cause, err.path)
+        if self.record_paths and len(self.failures) < self.MAX_FAILURES:
+            self.failures.append([err.path, err.cause, err.detail])
         if err.path not in self._logged:
             if len(self._logged) < 100_000:
                 self._logged.add(err.path)
@@ -130,10 +136,14 @@ class SkipCounter:
                 f"Run tools/check_data.py on the config to list them all.")
 
     def state(self) -> dict:
-        return {"good": self.good, "bad": dict(self.bad), "examples": dict(self.examples)}
+        out = {"good": self.good, "bad": dict(self.bad), "examples": dict(self.examples)}
+        if self.record_paths:
+            out["failures"] = [list(f) for f in self.failures]
+        return out
 
     def load(self, state: dict | None) -> None:
         state = state or {}
         self.good = int(state.get("good", 0))
         self.bad = Counter({k: int(v) for k, v in state.get("bad", {}).items()})
         self.examples = dict(state.get("examples", {}))
+        self.failures = [list(f) for f in state.get("failures", [])]

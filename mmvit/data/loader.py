@@ -22,7 +22,7 @@ from mmvit.data.control import DataControl, SharedState
 from mmvit.data.sources import SourceContext, build_sources
 from mmvit.data.sources.base import Source
 from mmvit.data.stage import Stage, make_stage, mean_tokens
-from mmvit.data.stream import PackedStream
+from mmvit.data.stream import PackedStream, PassEnd
 from mmvit.token_drop import make_rate_fn
 
 
@@ -42,6 +42,9 @@ class PackedLoader(DataLoader):
         it = super().__iter__()
         try:
             for batch in it:
+                if isinstance(batch, PassEnd):
+                    self.control.record_counts(batch)
+                    continue
                 self.control.record(batch)
                 yield batch
         except Exception as e:

@@ -59,6 +59,16 @@ class StreamBatch(PackedBatch):
 
 
 @dataclasses.dataclass
+class PassEnd:
+    """The last thing an evaluation worker yields: its final counts, so that bad samples it met after its
+    last batch are counted too (the loader records it and does not hand it out)."""
+
+    role: int
+    worker_state: dict
+    skip_counts: dict
+
+
+@dataclasses.dataclass
 class Waiting:
     """A drawn example waiting in the buffer: its draw and its size, read without decoding pixels."""
 
@@ -89,7 +99,7 @@ class _Worker:
         self.slot = ds.rank * num_workers + role
         self.mixer = Mixer(ds.sources, self.slot, ds.world_size * num_workers, ds.seed, ds.train)
         self.counter = SkipCounter(self.cfg.max_bad_fraction, self.cfg.bad_fraction_min_samples,
-                                   where=f"rank {ds.rank} worker {role}")
+                                   where=f"rank {ds.rank} worker {role}", record_paths=not ds.train)
         self.waiting: list[Waiting] = []
         self.exhausted = False
         self.bad_run = 0  # bad draws in a row: an endless stream of nothing but bad samples must end
@@ -132,10 +142,11 @@ class _Worker:
         try:
             if item.error is not None:
                 raise item.error
-            if item.label is None:
+            source = self.ds.sources[draw.sid]
+            if item.label is None and source.labelled:
                 raise BadSample("bad_label", item.path, "no label")
-            table = self.ds.sources[draw.sid].table
-            if item.label < 0 or (table is not None and item.label >= len(table)):
+            table = source.table
+            if item.label is not None and (item.label < 0 or (table is not None and item.label >= len(table))):
                 n_cls = len(table) if table is not None else "?"
                 raise BadSample("label_out_of_range", item.path, f"label {item.label} not in [0, {n_cls})"
                                 f"{f' (task {table.task!r})' if table is not None else ''}")
@@ -304,7 +315,8 @@ class _Worker:
         for c in chosen:
             c[3]["stage_id"] = stage_id
         batch = pack([c[2] for c in chosen], patch_size=patch, seq_len=cfg.seq_len, max_per_row=cfg.max_per_row,
-                     drop_rate=drop, generator=gen, labels=[c[0].draw.item.label for c in chosen],
+                     drop_rate=drop, generator=gen,
+                     labels=[-1 if c[0].draw.item.label is None else c[0].draw.item.label for c in chosen],
                      tasks=[self.ds.tasks.index(c[3]["task"]) for c in chosen], meta=[c[3] for c in chosen],
                      num_rows=cfg.batch_rows)
         fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(PackedBatch)}
@@ -378,5 +390,7 @@ class PackedStream(IterableDataset):
                     break
                 yield batch
                 i += num_workers
+            if not self.train:
+                yield PassEnd(role, worker.state(), worker.counter.state())
         finally:
             worker.close()

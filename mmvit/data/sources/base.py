@@ -108,11 +108,12 @@ class Source:
     Class attributes declare what a source type yields, so that evaluation can plan its passes from the
     config alone (``DATASETS.get(type).kinds``), for user-registered sources as for built-in ones:
     ``kinds`` are the kinds of items it may yield, ``has_views`` says that it takes a ``views`` entry (its
-    videos get evaluation views).
+    videos get evaluation views), ``labelled`` whether every item must carry a label.
     """
 
     kinds: ClassVar[tuple[Kind, ...]] = ("image", "video")
     has_views: ClassVar[bool] = False
+    labelled: ClassVar[bool] = True   # items without a label are bad samples (False: unlabelled data, label -1)
     name: str = ""
     weight: float = 1.0
     views: ViewsConfig = ViewsConfig()

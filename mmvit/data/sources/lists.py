@@ -117,7 +117,7 @@ class AnnotatedSource(IndexedSource):
         elif code == OUT_OF_RANGE:
             item.error = BadSample("label_out_of_range", path, f"{self.where}:{self.lines[index]}: label {raw} not "
                                    f"in [0, {len(self.table)}) (task {self.table.task!r})")
-        elif code == MISSING:
+        elif code == MISSING and self.labelled:
             item.error = BadSample("bad_label", path, f"{self.where}:{self.lines[index]}: no label")
         return item
 
@@ -261,3 +261,40 @@ class HMDB51(AnnotatedSource):
         a = vann.parse_hmdb51(splits, split, subset)
         super().__init__(a, root, classes=None, ctx=ctx, name=name or f"hmdb51 split {split} {subset}",
                          weight=weight, views=views)
+
+
+@DATASETS.register("files")
+class Files(AnnotatedSource):
+    """Unlabelled media files (prediction, feature extraction): ``paths`` (files, folders searched
+    recursively, or list files with one path per line), each file's kind by its extension."""
+
+    has_views = True
+    labelled = False
+
+    def __init__(self, paths: list[str], weight: float = 1.0, views: dict | None = None, name: str | None = None,
+                 *, ctx: SourceContext | None = None):
+        entries = []
+        for given in paths:
+            for path in _expand(given):
+                entries.append(ann.Entry(path=os.path.abspath(path), label=None, line=len(entries) + 1))
+        ctx = SourceContext(allow_outside_root=True, allow_pipe_urls=(ctx or SourceContext()).allow_pipe_urls)
+        super().__init__(ann.Annotations(entries, None, "files"), "/", classes=None, ctx=ctx, name=name or "files",
+                         weight=weight, views=views)
+
+    def _own_table(self) -> ClassTable:
+        return ClassTable(self.task or "default", (), True, "unlabelled")
+
+
+def _expand(given: str) -> list[str]:
+    """A file, every media file under a folder (sorted), or the paths listed in a ``.txt`` list."""
+    if os.path.isdir(given):
+        found = []
+        for dirpath, dirnames, files in os.walk(given):
+            dirnames.sort()
+            found += [os.path.join(dirpath, f) for f in sorted(files)
+                      if f.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)]
+        return found
+    if given.lower().endswith(".txt") and os.path.isfile(given):
+        base = os.path.dirname(os.path.abspath(given))
+        return [os.path.join(base, e.path) for e in ann.parse_space_list(given).entries]
+    return [given]
