@@ -42,7 +42,7 @@ def read_shards(root, urls):
 
 
 def read_list(path):
-    return [(p, int(label)) for p, label in (line.split() for line in path.read_text().splitlines())]
+    return [(p, label) for p, label in (line.split() for line in path.read_text().splitlines())]
 
 
 def circular_centroid(frame: np.ndarray) -> np.ndarray:
@@ -76,29 +76,29 @@ def angle_error(vec: np.ndarray, direction: str) -> float:
 
 def test_lists_and_manifest(built):
     root, manifest = built
-    assert manifest["num_classes"] == demo_data.NUM_CLASSES == 18
+    assert manifest["tasks"]["digits"]["classes"] == [str(d) for d in range(10)]
+    assert manifest["tasks"]["motion"]["classes"] == list(demo_data.DIRECTIONS)
     for si, split in enumerate(demo_data.SPLITS):
-        mixed = read_list(root / f"{split}.txt")
         images, videos = read_list(root / f"{split}_images.txt"), read_list(root / f"{split}_videos.txt")
         assert len(images) == COUNTS["images"][si] and len(videos) == COUNTS["videos"][si]
-        assert sorted(mixed) == sorted(images + videos)
-        assert all(0 <= label < 10 and p.endswith(".png") for p, label in images)
-        assert all(10 <= label < 18 and p.endswith(".mp4") for p, label in videos)
-        assert all((root / p).is_file() and not p.startswith("/") for p, _ in mixed)
-        assert sum(manifest["splits"][split]["per_class"]) == len(mixed)
+        assert all(label in manifest["tasks"]["digits"]["classes"] and p.endswith(".png") for p, label in images)
+        assert all(label in demo_data.DIRECTIONS and p.endswith(".mp4") for p, label in videos)
+        assert all((root / p).is_file() and not p.startswith("/") for p, _ in images + videos)
+        per_class = manifest["splits"][split]["per_class"]
+        assert sum(per_class["digits"]) == len(images) and sum(per_class["motion"]) == len(videos)
 
 
 def test_shards_match_files_and_sidecars(built):
     root, manifest = built
     for si, split in enumerate(demo_data.SPLITS):
-        labels = dict(read_list(root / f"{split}.txt"))
+        labels = dict(read_list(root / f"{split}_images.txt") + read_list(root / f"{split}_videos.txt"))
         samples = read_shards(root, manifest["splits"][split]["shards"])
         assert len(samples) == len(labels) == len({s["__key__"] for s in samples})
         for s in samples:
             assert set(s) in ({"__key__", "png", "cls", "json"}, {"__key__", "mp4", "cls", "json"})
             meta = json.loads(s["json"])
-            label = int(s["cls"])
-            assert label == meta["label"] and 0 <= label < demo_data.NUM_CLASSES
+            label = s["cls"].decode()
+            assert label == str(meta["label"])
             if meta["kind"] == "image":
                 data = s["png"]
                 arr = np.asarray(Image.open(io.BytesIO(data)))
@@ -130,7 +130,8 @@ def test_same_seed_same_data(built, tmp_path):
     again = demo_data.build(tmp_path, seed=3, counts=COUNTS, shards=False)
     assert not again["splits"]["train"]["shards"]
     for split in demo_data.SPLITS:
-        assert (root / f"{split}.txt").read_text() == (tmp_path / f"{split}.txt").read_text()
+        for kind in ("images", "videos"):
+            assert (root / f"{split}_{kind}.txt").read_text() == (tmp_path / f"{split}_{kind}.txt").read_text()
         for p, _ in read_list(root / f"{split}_images.txt"):
             assert (root / p).read_bytes() == (tmp_path / p).read_bytes()
         for p, _ in read_list(root / f"{split}_videos.txt"):
@@ -142,7 +143,7 @@ def test_videos_move_in_labelled_direction(built):
     for split in demo_data.SPLITS:
         for p, label in read_list(root / f"{split}_videos.txt"):
             frames = decode(root / p)
-            direction = demo_data.DIRECTIONS[label - demo_data.NUM_DIGITS]
+            direction = label
             vec = displacement(frames)
             assert angle_error(vec, direction) < 22.5, (p, direction, vec)
             # Visible motion: at least 1.5 px a frame (a 32 px clip moves >= 2.2 px a frame by construction).

@@ -26,6 +26,7 @@ from mmvit.eval import (
     plan_passes,
     summarize,
 )
+from mmvit.data.classes import tables_of
 from mmvit.eval.summary import listed_counts
 from mmvit.loading import load
 
@@ -33,18 +34,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_VIDEOS, N_IMAGES = 6, 4
 
 
+MOTION = ["N", "NE", "E", "SE", "S", "SW", "W", "NW"]
+
+
 def _config(data_root: str) -> dict:
+    """Two tasks as a trained run's config.yaml holds them (class tables resolved, heads sized)."""
     return {
         "seed": 0,
-        "model": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "patch_size": 8, "num_classes": 18,
-                  "tokenizer": {"type": "central_frame", "frames": 2},
+        "tasks": {"motion": {"classes": MOTION}, "digits": {"classes": [str(d) for d in range(10)]}},
+        "model": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "patch_size": 8,
+                  "tasks": {"motion": 8, "digits": 10}, "tokenizer": {"type": "central_frame", "frames": 2},
                   "pos_embed": {"type": "learned", "fractional": True, "max_len": [8, 16, 16]},
                   "head": {"type": "linear", "zero_init": False}},
         "data": {"seq_len": 64, "batch_rows": 2, "patch_sizes": [8], "tubelet": 2, "frames": 4, "num_workers": 0,
-                 "resolution": 32, "num_classes": 18, "video_backend": "pyav",
+                 "resolution": 32, "video_backend": "pyav",
                  "splits": {"test": {"sources": [
-                     {"type": "video_list", "list": os.path.join(data_root, "test_videos.txt")},
-                     {"type": "image_list", "list": os.path.join(data_root, "test_images.txt")}]}}},
+                     {"type": "video_list", "list": os.path.join(data_root, "test_videos.txt"), "task": "motion"},
+                     {"type": "image_list", "list": os.path.join(data_root, "test_images.txt"), "task": "digits"}]}}},
     }
 
 
@@ -145,20 +151,25 @@ def test_two_ranks_equal_one_rank_and_count_every_video_once(run_dir):
     passes = plan_passes(settings, cfg["data"])
     assert [p.name for p in passes] == ["video/2x2/16 tok", "video/2x2/48 tok", "video/full/16 tok",
                                         "video/full/48 tok", "image/full/16 tok", "image/full/48 tok"]
-    listed = listed_counts(passes, cfg["data"], settings)
-    assert listed == [{"default": N_VIDEOS}] * 4 + [{"default": N_IMAGES}] * 2
+    tables = tables_of(cfg)
+    listed = listed_counts(passes, cfg["data"], settings, tables)
+    assert listed == [{"motion": N_VIDEOS}] * 4 + [{"digits": N_IMAGES}] * 2
 
-    single = evaluate_rank(model, cfg, settings, passes=passes)
-    ranks = [evaluate_rank(model, cfg, settings, rank=r, world_size=2, passes=passes) for r in range(2)]
+    single = evaluate_rank(model, cfg, settings, passes=passes, tables=tables)
+    ranks = [evaluate_rank(model, cfg, settings, rank=r, world_size=2, passes=passes, tables=tables)
+             for r in range(2)]
     for i, p in enumerate(passes):
         ids = [set(ranks[r][i].scores.video_ids) for r in range(2)]
         assert ids[0] and ids[1] and not ids[0] & ids[1], "each video (all its views) on exactly one rank"
         assert ids[0] | ids[1] == set(single[i].scores.video_ids)
-        assert len(single[i].scores.video_ids) == listed[i]["default"] * p.expected_views
-        assert set(single[i].kinds) == {p.kind}
+        task = "motion" if p.kind == "video" else "digits"
+        assert len(single[i].scores.video_ids) == listed[i][task] * p.expected_views
+        assert set(single[i].kinds) == {p.kind} and set(single[i].tasks) == {task}
 
-    one = summarize(passes, [single], settings, None, listed)
-    two = summarize(passes, ranks, settings, None, listed)
+    one = summarize(passes, [single], settings, tables, listed)
+    two = summarize(passes, ranks, settings, tables, listed)
+    assert [r["name"] for r in one][:2] == ["motion/video/2x2/16 tok", "motion/video/2x2/48 tok"]
+    assert {r["task"]: len(r["confusion"]) for r in one} == {"motion": 8, "digits": 10}  # each task's own classes
     for a, b in zip(one, two):
         assert a["_ids"] == b["_ids"] and len(a["_ids"]) == (N_VIDEOS if a["kind"] == "video" else N_IMAGES)
         torch.testing.assert_close(a["_scores"], b["_scores"], atol=1e-5, rtol=1e-5)
@@ -173,17 +184,17 @@ def test_two_ranks_equal_one_rank_and_count_every_video_once(run_dir):
 
     # Sharding bugs are errors, not quietly different numbers.
     with pytest.raises(ValueError, match="evaluated twice"):
-        summarize(passes[:1], [single[:1], ranks[0][:1]], settings, None, listed[:1])
+        summarize(passes[:1], [single[:1], ranks[0][:1]], settings, tables, listed[:1])
     with pytest.raises(ValueError, match="sharding lost"):
-        summarize(passes[:1], [ranks[0][:1]], settings, None, listed[:1])
+        summarize(passes[:1], [ranks[0][:1]], settings, tables, listed[:1])
     s = single[0].scores
     short = RankOutput(ViewScores(s.video_ids[1:], s.views[1:], s.labels[1:], s.logits[1:]), single[0].kinds[1:],
-                       single[0].throughput)
+                       single[0].throughput, tasks=single[0].tasks[1:])
     with pytest.raises(ValueError, match="other than 4 views"):
-        summarize(passes[:1], [[short]], settings, None, listed[:1])
+        summarize(passes[:1], [[short]], settings, tables, listed[:1])
     # A video whose view the loader reported bad is left out with a warning instead.
     short.bad = {"corrupt": 1}
-    (res,) = summarize(passes[:1], [[short]], settings, None, listed[:1])
+    (res,) = summarize(passes[:1], [[short]], settings, tables, listed[:1])
     assert res["samples"] == N_VIDEOS - 1 and len(res["warnings"]) == 2
 
 
@@ -207,26 +218,21 @@ def test_checkpoint_kinds_give_the_same_model(run_dir, tmp_path):
 
 
 def test_cli_writes_results_and_plots(run_dir, tmp_path, capsys):
-    from mmvit.demo import digits as demo_data
     from mmvit.eval.cli import main
 
     out = tmp_path / "out"
-    # The class names come from the run's class table (a trained run's config.yaml holds it).
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    cfg["tasks"] = {"default": {"classes": list(demo_data.CLASS_NAMES)}}
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (tmp_path / "run" / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
-    results = main(["--checkpoint", str(tmp_path / "run"), "--views", "1x2", "--token-budgets",
+    # The class names come from the run's class tables (its config.yaml holds them).
+    results = main(["--checkpoint", str(run_dir), "--views", "1x2", "--token-budgets",
                     "16,32", "--images", "--out", str(out), "--save-predictions", "--aggregate", "mean_logit",
                     "--set", "data.batch_rows=3"])
     printed = capsys.readouterr().out
-    assert "video  1x2" in printed and "image  full" in printed
-    for name in ("results.json", "results.csv", "predictions.csv", "accuracy.png", "confusion_video_1x2.png",
-                 "confusion_video_full.png", "confusion_image_full.png"):
+    assert "motion  video  1x2" in printed and "digits  image  full" in printed
+    for name in ("results.json", "results.csv", "predictions.csv", "accuracy.png", "confusion_motion_video_1x2.png",
+                 "confusion_motion_video_full.png", "confusion_digits_image_full.png"):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "results.json").read_text())
-    assert data["class_names"]["default"][10] == "move_N" and data["info"]["aggregate"] == "mean_logit"
+    assert data["class_names"]["motion"] == MOTION and data["info"]["aggregate"] == "mean_logit"
+    assert {r["task"] for r in data["results"] if r["kind"] == "video"} == {"motion"}
     assert [r["name"] for r in data["results"]] == [r["name"] for r in results]
     assert all(not k.startswith("_") for r in data["results"] for k in r)
     lines = (out / "results.csv").read_text().splitlines()

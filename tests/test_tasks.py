@@ -90,3 +90,15 @@ def test_isolation_across_tasks(attention):
                 assert n.startswith("task_heads.") and not grads[n].any(), n
             for n, g in ref_grads.items():
                 torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
+def test_every_head_takes_part_in_every_backward():
+    """A batch without any example of a task still gives that task's head a (zero) gradient: under DeepSpeed
+    every rank must all-reduce the same parameters, whatever tasks its micro-batch holds."""
+    model = mmvit.build_model(MODEL).train()
+    samples, tasks, labels = _samples(torch.Generator().manual_seed(4))
+    batch = mmvit.pack(samples[:3], patch_size=(2, 8, 8), seq_len=64, labels=labels[:3], tasks=tasks[:3])
+    assert set(batch.tasks.tolist()) == {0}
+    Classification(model)(batch).losses.sum().backward()
+    moves = [p.grad for n, p in model.named_parameters() if n.startswith("task_heads.moves.")]
+    assert moves and all(g is not None and not g.any() for g in moves)

@@ -27,7 +27,7 @@ def _summary(manifest: dict) -> str:
     for split, s in manifest["splits"].items():
         lines.append(f"{split:<6} {s['images']:>7} {s['videos']:>7} {s['scans']:>6}  {len(s['shards'])}")
     lines.append(
-        f"{manifest['num_classes']} classes: 0-9 digits (images), 10-17 motion N..NW (videos); "
+        f"tasks: digits (images, 0-9), motion (videos, {' '.join(manifest['tasks']['motion']['classes'])}); "
         f"seed {manifest['seed']}, built in {manifest['build_seconds']} s"
     )
     return "\n".join(lines)

