@@ -45,7 +45,7 @@ class NaViTConfig:
     pool: Literal["map", "mean", "cls"] = "map"
     head: dict = dataclasses.field(default_factory=lambda: {"type": "linear"})
     fc_norm: bool = False                  # LayerNorm on pooled features before the head
-    attention: Literal["auto", "xformers", "segments", "dense"] = "auto"
+    attention: Literal["auto", "xformers", "segments", "dense", "flex"] = "auto"
     qk_norm: bool = True
     bias: bool = False
     drop_path: float = 0.0
