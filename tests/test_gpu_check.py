@@ -22,6 +22,7 @@ import gpu_wheels  # noqa: E402
 
 def _run(*args, timeout=600):
     env = dict(os.environ, GPU_CHECK_PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
     return subprocess.run(["bash", SCRIPT, *args], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -233,3 +234,31 @@ def test_offline_install_into_a_venv_keeps_the_system_torch(tmp_path):
         json.dump({"python": "3.99", "install": []}, f)
     with pytest.raises(RuntimeError, match="wheels for Python 3.99"):
         gpu_wheels.install(folder, sys.executable, venv=None)
+
+
+# -- part c's code, and part b's devices -------------------------------------------------------------------
+
+def test_gpu_benchmark_code_runs_on_a_cpu_stand_in():
+    """The benchmark's own code (tables, first calls, MFU) on the CPU with tiny sizes: no figure means anything."""
+    from mmvit.bench import gpu
+
+    report = gpu.run(tiny=True, repeats=1, device="cpu")
+    assert report.skipped is None and report.params["backends"] == ["segments", "dense"]
+    attn, step = report.tables
+    assert {r["variant"] for r in attn.rows} == {"segments", "dense"} and all(r["ms"] > 0 for r in attn.rows)
+    assert [r["what"] for r in step.rows][:1] == ["step, segments"] and report.params["mfu_segments"] > 0
+    assert any(n.startswith("xformers: skipped") for n in report.notes)
+    assert any(n.startswith("flex: skipped") and "no backward" in n for n in report.notes)
+
+
+def test_training_keeps_the_schedulers_gpu(monkeypatch):
+    """DeepSpeed's --num_gpus would replace CUDA_VISIBLE_DEVICES with 0; a scheduler's choice is kept instead."""
+    import gpu_check as tool
+
+    r = tool.Runner(sys.executable, "/tmp", 10, dry_run=True)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    first, _, env = tool.train_commands(r, "/tmp/x", "segments", 50, 25)
+    assert first[3:5] == ["--num_gpus", "1"] and env == {}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    first, _, env = tool.train_commands(r, "/tmp/x", "segments", 50, 25)
+    assert "--num_gpus" not in first and env == {"CUDA_VISIBLE_DEVICES": "3"}

@@ -41,7 +41,7 @@ import gpu_wheels  # noqa: E402  tools/gpu_wheels.py, standard library only
 
 ROOT = gpu_wheels.ROOT
 PARTS = ("tests", "train", "bench")
-BUDGET = {"env": 60, "tests": 120, "train": 150, "bench": 170}  # seconds; the total is capped by --budget
+BUDGET = {"env": 45, "tests": 150, "train": 120, "bench": 165}  # seconds; the total is capped by --budget
 TRAIN_STEPS, SAVE_EVERY = 50, 25
 
 ENV_PROBE = r"""
@@ -98,7 +98,7 @@ class Runner:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, cmd: list[str], log_name: str, limit: float) -> dict:
+    def run(self, cmd: list[str], log_name: str, limit: float, env: dict | None = None) -> dict:
         """Run ``cmd`` for at most ``min(limit, budget left)`` s; {rc, seconds, log, tail, timed_out}."""
         limit = max(1.0, min(limit, self.left()))
         log_path = os.path.join(self.out, "logs", log_name)
@@ -107,8 +107,8 @@ class Runner:
         with open(log_path, "w") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             timed_out = False
             try:
                 rc = proc.wait(timeout=limit)
@@ -150,6 +150,13 @@ def _why(res: dict) -> str:
         "on it" if locks else "")
 
 
+def _remove(*paths: str) -> None:
+    """Results of an earlier run in the same folder must not pass for this run's."""
+    for p in paths:
+        if os.path.exists(p):
+            os.remove(p)
+
+
 def part(name: str, status: str, detail: str, **extra) -> dict:
     return {"part": name, "status": status, "detail": detail, **extra}
 
@@ -171,9 +178,9 @@ def check_env(r: Runner) -> dict:
         out["no_cuda"] = (f"no CUDA device: torch {torch_info['version']} (CUDA build {torch_info['cuda_build']}) "
                           f"in {r.python} sees none")
     if env["packages"].get("xformers") and not out.get("no_cuda") and not r.dry_run:
-        info = r.run([r.python, "-m", "xformers.info"], "xformers_info.log", 90)
+        info = r.run([r.python, "-m", "xformers.info"], "xformers_info.log", 40)
         out["xformers_info"] = info["tail"][-3000:]
-        probe = r.run([r.python, "-c", XFORMERS_PROBE], "xformers_probe.log", 120)
+        probe = r.run([r.python, "-c", XFORMERS_PROBE], "xformers_probe.log", 60)
         lines = [ln for ln in probe["tail"].splitlines() if ln.startswith("{")]
         out["xformers_kernels"] = (json.loads(lines[-1])["xformers"] if lines
                                    else f"probe failed: {probe['tail'][-500:]}")
@@ -196,6 +203,7 @@ def check_tests(r: Runner, env: dict) -> dict:
         return part("tests", "skip", env["no_cuda"], command=cmd)
     if r.dry_run:
         return part("tests", "skip", "dry run", command=cmd)
+    _remove(report_path)
     res = r.run(cmd, "cuda_tests.log", BUDGET["tests"])
     if not os.path.isfile(report_path):
         why = _why(res)
@@ -206,7 +214,9 @@ def check_tests(r: Runner, env: dict) -> dict:
     failed = [c for c in checks if c["status"] == "fail"]
     skipped = [c for c in checks if c["status"] == "skip"]
     status = "fail" if failed or res["rc"] != 0 else "pass"
-    detail = (f"{sum(c['status'] == 'pass' for c in checks)} passed, {len(failed)} failed, {len(skipped)} skipped"
+    passed = sum(c["status"] == "pass" for c in checks)
+    detail = (("" if res["rc"] == 0 else f"incomplete ({_why(res)}); ")
+              + f"{passed} passed, {len(failed)} failed, {len(skipped)} skipped"
               + "".join(f"; FAILED {c['name']}: {c['detail'][:300]}" for c in failed)
               + "".join(f"; skipped {c['name']}: {c['detail'][:200]}" for c in skipped))
     return part("tests", status, detail, command=cmd, run=res, checks=checks)
@@ -229,16 +239,24 @@ def _records(run_dir: str) -> list[dict]:
 
 
 def train_commands(r: Runner, run_dir: str, attention: str, steps: int, save_every: int
-                   ) -> tuple[list[str], list[str]]:
-    """The first run and the resumed run (same command plus ``--resume auto``). bf16 and ZeRO-2 are DeepSpeed's
-    ``bf16.enabled`` and ``zero_optimization.stage`` (DeepSpeed 0.19.8, deepspeed/runtime/constants.py)."""
+                   ) -> tuple[list[str], list[str], dict]:
+    """The first run, the resumed run (same command plus ``--resume auto``) and their environment.
+
+    bf16 and ZeRO-2 are DeepSpeed's ``bf16.enabled`` and ``zero_optimization.stage`` (DeepSpeed 0.19.8,
+    deepspeed/runtime/constants.py). DeepSpeed's launcher replaces CUDA_VISIBLE_DEVICES with ``0`` when given
+    ``--num_gpus``, which on a cluster node may be another job's GPU; where the scheduler set it, the first of
+    its devices is kept instead and the launcher, given no count, takes it (``--include localhost:<it>``).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    devices = [] if visible else ["--num_gpus", "1"]
+    extra_env = {"CUDA_VISIBLE_DEVICES": visible} if visible else {}
     sets = [f"run_dir={run_dir}", f"train.steps={steps}", f"train.save_every={save_every}",
             "train.keep_checkpoints=0", "train.progress=false", f"eval.every={save_every}",
             f"model.attention={attention}", "deepspeed.bf16.enabled=true", "deepspeed.zero_optimization.stage=2"]
-    cmd = [r.python, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(_free_port()),
+    cmd = [r.python, "-m", "deepspeed.launcher.runner", *devices, "--master_port", str(_free_port()),
            os.path.join(ROOT, "tools", "train.py"), "--config",
            os.path.join(ROOT, "configs", "tests", "tiny_train.yaml"), "--set", *sets]
-    return cmd, cmd + ["--resume", "auto"]
+    return cmd, cmd + ["--resume", "auto"], extra_env
 
 
 def check_train(r: Runner, env: dict, cpu: bool = False, steps: int = TRAIN_STEPS, save_every: int = SAVE_EVERY
@@ -247,8 +265,8 @@ def check_train(r: Runner, env: dict, cpu: bool = False, steps: int = TRAIN_STEP
     kernels = env.get("xformers_kernels")
     attention = "segments" if cpu or kernels else "xformers"
     run_dir = os.path.join(r.out, "train_run")
-    first, resumed = train_commands(r, run_dir, attention, steps, save_every)
-    info = {"commands": [first, resumed], "attention": attention}
+    first, resumed, train_env = train_commands(r, run_dir, attention, steps, save_every)
+    info = {"commands": [first, resumed], "attention": attention, "env": train_env}
     if kernels and not cpu:
         info["attention_note"] = f"xformers not usable ({kernels}): trained with attention=segments"
     if env.get("no_cuda") and not cpu:
@@ -262,7 +280,7 @@ def check_train(r: Runner, env: dict, cpu: bool = False, steps: int = TRAIN_STEP
     # On the CPU (the test suite) DeepSpeed may first compile or wait for its shared-memory comm op: allow
     # whatever budget is left.
     budget = r.left() if cpu else BUDGET["train"]
-    res1 = r.run(first, "train_first.log", budget * 0.6)
+    res1 = r.run(first, "train_first.log", budget * 0.6, env=train_env)
     info["runs"] = [res1]
     rec1 = _records(run_dir)
     losses1 = {x["step"]: x["loss"] for x in rec1 if x.get("kind") == "train"}
@@ -278,7 +296,7 @@ def check_train(r: Runner, env: dict, cpu: bool = False, steps: int = TRAIN_STEP
                     **info)
     shutil.copy(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "metrics_first_run.jsonl"))
     shutil.rmtree(last)  # as if the run had died before its last save
-    res2 = r.run(resumed, "train_resume.log", max(budget - res1["seconds"], 30))
+    res2 = r.run(resumed, "train_resume.log", max(budget - res1["seconds"], 30), env=train_env)
     info["runs"].append(res2)
     rec2 = _records(run_dir)
     resumed_at = [x["step"] for x in rec2 if x.get("kind") == "event" and x.get("event") == "resumed"]
@@ -317,6 +335,7 @@ def check_bench(r: Runner, env: dict) -> dict:
         return part("bench", "skip", env["no_cuda"], command=cmd)
     if r.dry_run:
         return part("bench", "skip", "dry run", command=cmd)
+    _remove(js, md)
     res = r.run(cmd, "benchmark_gpu.log", BUDGET["bench"])
     if res["rc"] != 0 or not os.path.isfile(js):
         why = _why(res)

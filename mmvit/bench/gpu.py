@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvit.bench.attention import row_lengths, segment_ids
-from mmvit.bench.common import Column, Report, Table, interleaved, median
+from mmvit.bench.common import Column, Report, Table, interleaved, median, ratio
 from mmvit.bench.images import make_images, sample_sizes, token_counts
 from mmvit.bench.step import FLOP_FORMULA, train_flops
 from mmvit.models import flex_attention, xformers_ops
@@ -37,12 +37,15 @@ FUNCS = {"xformers": attend_xformers, "flex": attend_flex, "segments": attend_se
 def _synced(fn: Callable[[], object]) -> Callable[[], None]:
     def call() -> None:
         fn()
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     return call
 
 
-def _peak_bytes(fn: Callable[[], object]) -> int:
+def _peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -54,7 +57,8 @@ def _peak_bytes(fn: Callable[[], object]) -> int:
 def usable_backends(device: torch.device) -> tuple[list[str], list[str]]:
     """Backends that run here, and a note for each that does not."""
     names, notes = [], []
-    for name, why in (("xformers", xformers_ops.kernels_usable(device)), ("flex", flex_attention.available())):
+    flex_why = flex_attention.available() or (None if device.type == "cuda" else flex_attention.CPU_REFUSAL)
+    for name, why in (("xformers", xformers_ops.kernels_usable(device)), ("flex", flex_why)):
         if why is None:
             names.append(name)
         else:
@@ -69,8 +73,8 @@ def _first_call(fn: Callable[[], None]) -> float:
 
 
 def attention_table(names: list[str], configs: list[tuple[int, int]], heads: int, head_dim: int, repeats: int,
-                    seed: int, budget_s: float) -> tuple[Table, dict]:
-    dev, dtype = torch.device("cuda"), torch.bfloat16
+                    seed: int, budget_s: float, dev: torch.device) -> tuple[Table, dict]:
+    dtype = torch.bfloat16
     table = Table(f"Attention forward + backward, bf16, {heads} heads of {head_dim}", [
         Column("L", "L"), Column("E", "examples"), Column("variant", "variant"), Column("ms", "median ms", "{:.2f}"),
         Column("vs_dense", "dense / this", "{:.2f}x"), Column("vs_segments", "segments / this", "{:.2f}x"),
@@ -98,24 +102,27 @@ def attention_table(names: list[str], configs: list[tuple[int, int]], heads: int
         for n in names:
             table.rows.append({"L": length, "E": e, "variant": n, "ms": ms[n], "vs_dense": ms["dense"] / ms[n],
                                "vs_segments": ms["segments"] / ms[n],
-                               "mib": _peak_bytes(lambda n=n: step(n)) / 2**20, "first_s": first[n]})
+                               "mib": (_peak_bytes(lambda n=n: step(n), dev) or 0) / 2**20, "first_s": first[n]})
     return table, raw
 
 
-def run(tiny: bool = False, repeats: int = 10, seed: int = 0, budget_s: float = 20.0) -> Report:
+def run(tiny: bool = False, repeats: int = 10, seed: int = 0, budget_s: float = 8.0, device: str | None = None
+        ) -> Report:
+    """``device``: None is CUDA, or a skip without it; ``"cpu"`` runs the same code on the CPU (the test suite's
+    stand-in: tiny sizes, segments and dense, nothing to compare with a GPU)."""
     t_start = time.perf_counter()
     report = Report("gpu")
-    if not torch.cuda.is_available():
+    if device is None and not torch.cuda.is_available():
         report.skipped = f"no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda})"
         return report
-    dev, dtype = torch.device("cuda"), torch.bfloat16
+    dev, dtype = torch.device(device or "cuda"), torch.bfloat16
     names, notes = usable_backends(dev)
     report.notes += notes
-    report.params.update(device=torch.cuda.get_device_name(0), dtype="bfloat16", torch=torch.__version__,
-                         cuda=torch.version.cuda, backends=names)
+    report.params.update(device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (stand-in)",
+                         dtype="bfloat16", torch=torch.__version__, cuda=torch.version.cuda, backends=names)
     heads, head_dim = (2, 32) if tiny else (12, 64)
     configs = [(256, 4)] if tiny else [(4096, 4), (4096, 16), (16384, 16), (16384, 64)]
-    table, raw = attention_table(names, configs, heads, head_dim, repeats, seed, budget_s)
+    table, raw = attention_table(names, configs, heads, head_dim, repeats, seed, budget_s, dev)
     report.tables.append(table)
     report.raw["attention"] = raw
 
@@ -135,10 +142,10 @@ def run(tiny: bool = False, repeats: int = 10, seed: int = 0, budget_s: float = 
     def trainer(backend: str) -> Callable[[], None]:
         torch.manual_seed(seed)
         model = mmvit.build_model({"type": "navit", **cfg, "num_classes": 10, "attention": backend}).to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
 
         def train_step() -> None:
-            with torch.autocast("cuda", dtype=dtype):
+            with torch.autocast(dev.type, dtype=dtype):
                 loss = F.cross_entropy(model(batch).float(), batch.labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -175,3 +182,88 @@ def run(tiny: bool = False, repeats: int = 10, seed: int = 0, budget_s: float = 
                         "FlexAttention (once per padded length and dtype), later calls reuse it.")
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def flex_cpu_report(repeats: int = 7, seed: int = 0, tiny: bool = False) -> Report:
+    """Whether FlexAttention could serve CPU inference: compiled (static padded length, as the backend runs it)
+    against ``segments``, with ``dense`` as the exact reference; float32, no grad, 12 heads of 64, one packed
+    batch of NaViT-mix images at patch 16 per configuration, the layout built inside each call.
+
+    ``python -m mmvit.bench.gpu flex-cpu`` (docs/benchmarks.md, GPU section, holds the figures behind
+    ``flex_attention.CPU_REFUSAL``).
+    """
+    import warnings
+
+    from mmvit.packing import first_fit_decreasing
+
+    t_start = time.perf_counter()
+    heads, head_dim = (2, 16) if tiny else (12, 64)
+    configs = [(16, 256)] if tiny else [(20, 1024), (80, 1024)]  # (images, seq_len): about 2 and 8 rows
+    report = Report("flex-cpu", params={"heads": heads, "head_dim": head_dim, "dtype": "float32",
+                                        "threads": torch.get_num_threads(), "torch": torch.__version__})
+    table = Table("FlexAttention forward on the CPU (compiled) against segments, float32, no grad", [
+        Column("rows", "rows x L"), Column("N", "tokens"), Column("E", "examples"),
+        Column("seg_ms", "segments ms", "{:.1f}"), Column("flex_ms", "flex ms", "{:.1f}"),
+        Column("ratio", "segments / flex (per round)", "{:.2f}x"), Column("compile_s", "flex first call s", "{:.0f}"),
+        Column("flex_err", "flex max error vs dense", "{:.1e}"), Column("seg_err", "segments max error", "{:.1e}")])
+    for n_images, seq_len in configs:
+        lengths = token_counts(sample_sizes(n_images, seed=seed + 3, side=(64, 256), patch=16), 16)
+        rows = first_fit_decreasing(lengths, seq_len)
+        seg = torch.zeros(len(rows), seq_len, dtype=torch.long)
+        e = 1
+        for r, idx in enumerate(rows):
+            pos = 0
+            for i in idx:
+                seg[r, pos:pos + lengths[i]] = e
+                pos, e = pos + lengths[i], e + 1
+        layout = build_layout(seg)
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = (torch.randn(layout.num_tokens, heads, head_dim, generator=gen) for _ in range(3))
+
+        def flex_call(seg: torch.Tensor = seg, qkv: tuple = (q, k, v)) -> torch.Tensor:
+            lay = build_layout(seg)  # per call, as a forward builds it
+            return flex_attention.flex(*qkv, flex_attention.layout_block_mask(lay, qkv[0].device))
+
+        def seg_call(seg: torch.Tensor = seg, qkv: tuple = (q, k, v)) -> torch.Tensor:
+            return attend_segments(*qkv, build_layout(seg))
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            out = flex_call()
+            compile_s = time.perf_counter() - t0
+            ref = attend_dense(q, k, v, layout)
+            errs = (float((out - ref).abs().max()), float((seg_call() - ref).abs().max()))
+            times = interleaved({"segments": seg_call, "flex": flex_call}, warmup=1, repeats=repeats, budget_s=30.0)
+        report.raw[f"{len(rows)}x{seq_len}"] = {"seconds_per_round": times, "first_call_s": compile_s}
+        table.rows.append({"rows": f"{len(rows)} x {seq_len}", "N": layout.num_tokens, "E": layout.num_examples,
+                           "seg_ms": 1e3 * median(times["segments"]), "flex_ms": 1e3 * median(times["flex"]),
+                           "ratio": ratio(times, "segments", "flex"), "compile_s": compile_s,
+                           "flex_err": errs[0], "seg_err": errs[1]})
+    report.tables.append(table)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    from mmvit.bench.common import machine_info
+
+    parser = argparse.ArgumentParser(description="python -m mmvit.bench.gpu flex-cpu [--threads N] [--out F]")
+    parser.add_argument("what", choices=["flex-cpu"])
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info()
+    print(f"machine: {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, {info['threads']} threads, "
+          f"load average {info.get('load_average_1min')} at start")
+    rep = flex_cpu_report(repeats=args.repeats)
+    print(rep.markdown())
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"machine": info, "report": rep.to_json()}, f, indent=1)

@@ -26,7 +26,8 @@ example (it attends to itself only), so padding adds one ``BLOCK x BLOCK`` tile 
 row without a visible key, and nothing real ever sees it.
 
 On CPU, torch 2.13 has no FlexAttention backward ("FlexAttention does not support backward on CPU"), and the
-forward was measured against ``segments`` (docs/benchmarks.md, GPU section): see ``CPU_REFUSAL``.
+compiled forward, exact, was slower than ``segments`` (``python -m mmvit.bench.gpu flex-cpu``; docs/benchmarks.md,
+GPU section): the backend refuses the CPU with ``CPU_REFUSAL``, and ``auto`` never picks it.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ PAD = 8 * BLOCK  # the sequence is padded to a multiple of this: few distinct le
 # Why ``attention='flex'`` is refused on CPU (measurements: docs/benchmarks.md, GPU section).
 CPU_REFUSAL = (
     "attention='flex' needs CUDA: on CPU, torch's FlexAttention has no backward (torch 2.13: 'FlexAttention "
-    "does not support backward on CPU'), and its compiled forward, exact against the dense reference, measured "
-    "0.2x to 0.75x the speed of 'segments' for inference (docs/benchmarks.md, GPU section); use "
+    "does not support backward on CPU'), and for inference its compiled forward, exact against the dense "
+    "reference, ran at 0.24x the speed of 'segments' (one thread; docs/benchmarks.md, GPU section); use "
     "attention='segments' on CPU")
 
 _ATTR = "_mmvit_flex_block_mask"  # where a layout keeps its BlockMask (one per layout, i.e. per forward)
