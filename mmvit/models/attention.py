@@ -1,4 +1,4 @@
-"""Block-diagonal self-attention over packed examples, three interchangeable backends.
+"""Block-diagonal self-attention over packed examples, four interchangeable backends.
 
 Tokens arrive flat (``[N, H, d]``, see ``layout.py``); example ``i`` attends only to its own ``L_i`` tokens.
 
@@ -6,6 +6,11 @@ Tokens arrive flat (``[N, H, d]``, see ``layout.py``); example ``i`` attends onl
   ``[n, H, l, d]``; cost ``sum(L_i^2)``, never ``N^2``.
 - ``dense`` (reference): one SDPA call over the whole sequence with a boolean block-diagonal mask.
 - ``xformers`` (CUDA): ``memory_efficient_attention`` with ``BlockDiagonalMask.from_seqlens``.
+- ``flex`` (CUDA): PyTorch's FlexAttention with a document mask, compiled (``flex_attention.py``); refused on
+  CPU, where it has no backward and its forward measured slower than ``segments``.
+
+``auto`` picks ``xformers`` on CUDA when it imports, else ``segments``; never ``flex`` (it compiles on first
+use, which only an explicit choice should cost).
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmvit.models import xformers_ops
+from mmvit.models import flex_attention, xformers_ops
 from mmvit.models.layout import SeqLayout
 
-Backend = Literal["auto", "xformers", "segments", "dense"]
-BACKENDS = ("auto", "xformers", "segments", "dense")
+Backend = Literal["auto", "xformers", "segments", "dense", "flex"]
+BACKENDS = ("auto", "xformers", "segments", "dense", "flex")
 
 
 def attend_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
@@ -53,6 +58,10 @@ def attend_xformers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: S
     return xformers_ops.attend(q, k, v, layout.xformers_bias)
 
 
+def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+    return flex_attention.attend(q, k, v, layout)
+
+
 def resolve_backend(backend: Backend, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
@@ -63,7 +72,7 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
     return "segments"
 
 
-_FUNCS = {"segments": attend_segments, "dense": attend_dense, "xformers": attend_xformers}
+_FUNCS = {"segments": attend_segments, "dense": attend_dense, "xformers": attend_xformers, "flex": attend_flex}
 
 
 class Attention(nn.Module):
@@ -85,6 +94,10 @@ class Attention(nn.Module):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.heads, self.head_dim).unbind(1)  # each [N, H, d]
         q, k = self.q_norm(q), self.k_norm(k)
+        if q.dtype != v.dtype:
+            # CUDA autocast runs layer_norm in fp32 (PyTorch AMP op reference) while the qkv linear gives bf16/fp16.
+            # SDPA would cast by itself; xformers and FlexAttention refuse mixed dtypes. Cast as SDPA would.
+            q, k = q.to(v.dtype), k.to(v.dtype)
         backend = resolve_backend(self.backend, x.device)
         o = _FUNCS[backend](q, k, v, layout)
         return self.proj(o.reshape(n, -1))

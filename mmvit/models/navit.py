@@ -46,7 +46,7 @@ class NaViTConfig:
     pool: Literal["map", "mean", "cls"] = "map"
     head: dict = dataclasses.field(default_factory=lambda: {"type": "linear"})
     fc_norm: bool = False                  # LayerNorm on pooled features before the head
-    attention: Literal["auto", "xformers", "segments", "dense"] = "auto"
+    attention: Literal["auto", "xformers", "segments", "dense", "flex"] = "auto"
     qk_norm: bool = True
     bias: bool = False
     drop_path: float = num(0.0, ge=0.0, lt=1.0)
