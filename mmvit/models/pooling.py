@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
+from mmvit.models.gather import gather_rows
 from mmvit.models.layout import SeqLayout
 from mmvit.models.mlp import Mlp
 
@@ -22,9 +23,9 @@ def segment_softmax(scores: torch.Tensor, segment: torch.Tensor, num_segments: i
     idx = segment[:, None].expand_as(scores)
     peak = torch.full((num_segments, scores.shape[1]), -math.inf, dtype=scores.dtype, device=scores.device)
     peak = peak.scatter_reduce(0, idx, scores.detach(), reduce="amax", include_self=True)
-    e = torch.exp(scores - peak[segment])
+    e = torch.exp(scores - peak[segment])  # peak carries no gradient
     total = torch.zeros_like(peak).index_add_(0, segment, e)
-    return e / total[segment]
+    return e / gather_rows(total, segment)
 
 
 def segment_mean(x: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from mmvit.models.gather import gather_rows
 from mmvit.ops.resize import resample_grid
 from mmvit.registry import POS_EMBEDS
 
@@ -61,7 +62,7 @@ class LearnedFactorized(PosEmbed):
                     raise ValueError(f"learned position embedding covers {have} positions along axis "
                                      f"{'tyx'[axis]} but the batch needs {need}; raise pos_embed.max_len or "
                                      f"use fractional: true")
-        return sum(table[idx[:, a]] for a, table in enumerate(self.tables))
+        return sum(gather_rows(table, idx[:, a]) for a, table in enumerate(self.tables))
 
 
 def sincos(pos: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -139,4 +140,4 @@ class Grid2d(PosEmbed):
         if coords[:, 0].numel() and int(coords[:, 0].max()) >= self.temporal.shape[0]:
             raise ValueError(f"grid2d position embedding covers {self.temporal.shape[0]} frames; "
                              f"the batch has {int(coords[:, 0].max()) + 1}")
-        return table[idx] + self.temporal[coords[:, 0]]
+        return gather_rows(table, idx) + gather_rows(self.temporal, coords[:, 0])
