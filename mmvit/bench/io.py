@@ -20,9 +20,10 @@ from mmvit.bench.common import Bar, Column, Report, Table, interleaved, median
 from mmvit.bench.decode import run as run_decode  # noqa: F401  (tools/benchmark.py decode)
 
 # The demo model and data when configs/train/demo_cpu.yaml is missing: digits are 32-96 px, so patch 8.
-DEMO_MODEL = {"type": "navit", "variant": "Ti/16", "depth": 4, "patch_size": 8, "num_classes": 18}
-DEMO_DATA = {"seq_len": 256, "batch_rows": 8, "patch_sizes": [8], "frames": 8, "num_classes": 18,
+DEMO_MODEL = {"type": "navit", "variant": "Ti/16", "depth": 4, "patch_size": 8}
+DEMO_DATA = {"seq_len": 256, "batch_rows": 8, "patch_sizes": [8], "frames": 8,
              "resolution": {"type": "uniform", "min": 32, "max": 96}, "persistent_workers": False}
+DEMO_TASKS = {"digits": {"num_classes": 10}, "motion": {"classes": ["N", "NE", "E", "SE", "S", "SW", "W", "NW"]}}
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -36,22 +37,24 @@ def _demo_dir(data_dir: str | None, tiny: bool, tmp: str) -> str:
     return tmp
 
 
-def _configs(data_dir: str) -> tuple[dict, dict, str]:
-    """(model, data) sections of the demo config, its training sources pointed at ``data_dir``."""
-    sources = [{"type": "image_list", "list": os.path.join(data_dir, "train_images.txt")},
-               {"type": "video_list", "list": os.path.join(data_dir, "train_videos.txt")}]
-    name = os.path.join("configs", "train", "demo_cpu.yaml")
-    if not os.path.exists(os.path.join(ROOT, name)):
-        return DEMO_MODEL, {**DEMO_DATA, "sources": sources}, f"built-in ({name} not found)"
-    try:
-        import mmvit
+def _configs(data_dir: str) -> tuple[dict, dict, str, object]:
+    """(model, data) sections of the demo config with its training sources pointed at ``data_dir``, where
+    they came from, and the class tables (the model's heads sized from them)."""
+    import mmvit
+    from mmvit.data.classes import resolve_class_tables, with_tables
 
-        cfg = mmvit.load_config(os.path.join(ROOT, name)).to_dict()
-        data = {k: v for k, v in cfg["data"].items() if k != "splits"}
-        data.update(sources=sources, persistent_workers=False)
-        return cfg["model"], data, name
-    except Exception as e:  # someone else's config, possibly mid-change: fall back rather than fail the run
-        return DEMO_MODEL, {**DEMO_DATA, "sources": sources}, f"built-in ({name} unusable: {e})"
+    sources = [{"type": "image_list", "list": os.path.join(data_dir, "train_images.txt"), "task": "digits"},
+               {"type": "video_list", "list": os.path.join(data_dir, "train_videos.txt"), "task": "motion"}]
+    name = os.path.join("configs", "train", "demo_cpu.yaml")
+    cfg = {"tasks": DEMO_TASKS, "model": DEMO_MODEL, "data": DEMO_DATA}
+    source = f"built-in ({name} not found)"
+    if os.path.exists(os.path.join(ROOT, name)):
+        cfg, source = mmvit.load_config(os.path.join(ROOT, name)).to_dict(), name
+    data = {k: v for k, v in cfg["data"].items() if k != "splits"}
+    data.update(sources=sources, persistent_workers=False)
+    cfg = {**cfg, "data": data}
+    tables = resolve_class_tables(cfg)
+    return with_tables(cfg, tables)["model"], data, source, tables
 
 
 def run_loader(tiny: bool = False, repeats: int = 5, seed: int = 0, data_dir: str | None = None) -> Report:
@@ -68,7 +71,7 @@ def run_loader(tiny: bool = False, repeats: int = 5, seed: int = 0, data_dir: st
             report.skipped = f"cannot build the demo dataset: {e}"
             report.bars.append(Bar("loader batches/s x step time, 2 workers", None, ">=", 1.0))
             return report
-        model_cfg, data_cfg, source = _configs(root)
+        model_cfg, data_cfg, source, tables = _configs(root)
         report.params.update(config=source, data=root if data_dir else "temporary demo dataset",
                              batches=n_batches, seq_len=data_cfg.get("seq_len"), batch_rows=data_cfg.get("batch_rows"))
         table = Table("Packed batches from the demo dataset", [
@@ -79,6 +82,7 @@ def run_loader(tiny: bool = False, repeats: int = 5, seed: int = 0, data_dir: st
         rates, batches = {}, []
         for workers in (0, 1, 2):
             loader, _ = build_loader({**data_cfg, "num_workers": workers}, split="train", rank=0, world_size=1,
+                                     tables=tables,
                                      seed=seed, train=True)
             it = iter(loader)
             t0 = time.perf_counter()
