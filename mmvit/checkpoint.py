@@ -71,6 +71,17 @@ def mark_complete(path: str, info: dict) -> None:
     os.replace(tmp, os.path.join(path, MARKER))
 
 
+def marker_info(path: str) -> dict:
+    """What the marker of the checkpoint folder ``path`` records (step, world size, ZeRO stage, precision);
+    ``{}`` for a folder without one (a universal checkpoint) or with an unreadable one."""
+    try:
+        with open(os.path.join(path, MARKER)) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def complete_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
     """``[(step, path)]`` of complete checkpoints, oldest first."""
     if not os.path.isdir(ckpt_dir):

@@ -2,9 +2,15 @@
 
 import importlib.util
 import json
+import math
 import os
 
+import pytest
+import torch
+
 from mmvit.bench.common import Report
+from mmvit.models.layout import build_layout
+from tests.test_attention import _segments, reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,6 +37,15 @@ def test_pack():
     _check(report)
     rows = report.tables[0].rows
     assert all(0.0 <= r["padding"] < 1.0 and r["per_row"] >= 1.0 for r in rows)
+    # The speed table's reference packer and the real one agree row for row on the benchmark's lengths.
+    from mmvit.bench.images import sample_sizes, token_counts
+    from mmvit.packing import first_fit_decreasing
+
+    lengths = token_counts(sample_sizes(500, seed=0))
+    for seq_len in (256, 1024):
+        assert pack.linear_first_fit_decreasing(lengths, seq_len) == first_fit_decreasing(lengths, seq_len)
+    speed = report.tables[1].rows
+    assert all(math.isfinite(r["rate"]) and r["rate"] > 0 for r in speed)
 
 
 def test_streaming_packer_loses_nothing_and_fills_rows():
@@ -44,7 +59,13 @@ def test_streaming_packer_loses_nothing_and_fills_rows():
 def test_attention():
     from mmvit.bench import attention
 
-    _check(attention.run(tiny=True, repeats=1))
+    report = attention.run(tiny=True, repeats=1)
+    _check(report)
+    rows = report.tables[0].rows
+    assert {r["variant"] for r in rows} == set(attention.VARIANTS) and len(rows) == 2 * len(attention.VARIANTS)
+    # Every variant computed dense's attention (float32 rounding only), and every ratio is a real number.
+    assert all(r["err"] < 1e-5 for r in rows)
+    assert all(math.isfinite(r["speedup"]) and r["speedup"] > 0 for r in rows)
 
 
 def test_step():
@@ -119,3 +140,72 @@ def test_step_skips_missing_peers_with_a_note(monkeypatch):
     assert [r["variant"] for r in report.tables[0].rows][:2] == ["mmvit packed", "mmvit padded to largest"]
     assert sum("skipped" in n for n in report.notes) == len(peers.PEERS)
     assert report.bars[1].measured is None
+
+
+def test_step_precision():
+    from mmvit.bench import precision
+
+    report = precision.run(tiny=True, repeats=1, precisions=["fp32", "bf16", "autocast"])
+    _check(report)
+    rows = [r for r in report.tables[0].rows if r["variant"] in ("fp32", "bf16", "autocast")]
+    assert [r["variant"] for r in rows] == ["fp32", "bf16", "autocast"]
+    assert all(r["rate"] > 0 and r["speedup"] > 0 and 0 < r["util"] for r in rows)
+    assert rows[0]["speedup"] == 1.0  # fp32 against itself, per round
+    assert set(report.params["cpu_bf16_flags"]) == {"amx_bf16", "avx512_bf16"}
+
+
+def test_precision_steps_train_alike():
+    """The benchmark's bf16 step (bf16 weights, fp32 masters) and fp32 step start from the same weights and
+    lower the loss alike over a few steps on the same batch."""
+    from mmvit.bench import precision
+    from mmvit.bench.images import make_images, sample_sizes
+
+    images = make_images(sample_sizes(6, seed=2, side=(32, 64), patch=16), seed=0)
+    labels = torch.arange(6) % 3
+    cfg = precision.model_config(64, 1, 3, 16)
+    losses = {}
+    for p in ("fp32", "bf16"):
+        step = precision.make_step(p, cfg, images, labels, 16, 128, 0, torch.device("cpu"))
+        losses[p] = [step() for _ in range(8)]
+    assert abs(losses["bf16"][0] - losses["fp32"][0]) < 0.02  # the same initial weights, rounded to bf16
+    assert losses["bf16"][-1] < losses["bf16"][0] - 0.1 and abs(losses["bf16"][-1] - losses["fp32"][-1]) < 0.1
+
+
+def test_cli_step_precision(tmp_path):
+    out = tmp_path / "bench.json"
+    assert _benchmark_main()(["step", "--precision", "fp32,bf16", "--widths", "64", "--tiny", "--repeats", "1",
+                              "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["reports"][0]["name"] == "step precision" and data["machine"]["cpu_flags"]
+
+
+# The benchmark's bucketed-attention variant (padding examples of similar lengths into one SDPA call) must be
+# exact before its timing means anything.
+@pytest.mark.parametrize("prefix", [0, 1])
+@pytest.mark.parametrize("slack", [0.0, 0.5, 100.0])
+def test_bucketed_attention_matches_reference(prefix, slack):
+    seg = _segments([[5, 3, 3, 1], [7, 2], [3, 4, 2]], 12)
+    layout = build_layout(seg, prefix=prefix)
+    base = [torch.randn(layout.num_tokens, 2, 8, dtype=torch.float64) for _ in range(3)]
+    ref_in = [t.clone().requires_grad_() for t in base]
+    ref = reference(*ref_in, layout.token_example)
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward()
+    ins = [t.clone().requires_grad_() for t in base]
+    from mmvit.bench.attention import attend_bucketed
+
+    out = attend_bucketed(*ins, layout, slack=slack)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    (out * g).sum().backward()
+    for a, b in zip(ins, ref_in):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_buckets_cover_groups_in_order():
+    from mmvit.bench.attention import buckets
+
+    groups = [(0, 2, 2), (4, 1, 3), (7, 3, 5), (22, 1, 20)]
+    for slack in (0.0, 0.3, 10.0):
+        parts = buckets(groups, slack)
+        assert [g for b in parts for g in b] == groups
+    assert len(buckets(groups, 0.0)) == 4 and len(buckets(groups, 1e9)) == 1

@@ -1,4 +1,4 @@
-"""Fast paths against slow, obviously correct references: first-fit-decreasing, pack(), bucketed attention."""
+"""Fast paths against slow, obviously correct references: first-fit-decreasing, pack(), segments attention."""
 
 import random
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import mmvit
-from mmvit.bench.attention import attend_bucketed, buckets
 from mmvit.models.attention import attend_segments
 from mmvit.models.layout import build_layout
 from mmvit.packing import as_patch_size, as_video, first_fit_decreasing, grid_coords, patchify
@@ -94,32 +93,6 @@ def test_pack_pads_to_num_rows_with_zeros():
     samples = [torch.randn(3, 16, 16), torch.randn(3, 8, 24)]
     b = mmvit.pack(samples, patch_size=8, seq_len=8, num_rows=4)
     assert b.patches.shape[:2] == (4, 8) and (b.patches[2:] == 0).all() and (b.segment_ids[2:] == 0).all()
-
-
-@pytest.mark.parametrize("prefix", [0, 1])
-@pytest.mark.parametrize("slack", [0.0, 0.5, 100.0])
-def test_bucketed_attention_matches_reference(prefix, slack):
-    seg = _segments([[5, 3, 3, 1], [7, 2], [3, 4, 2]], 12)
-    layout = build_layout(seg, prefix=prefix)
-    base = [torch.randn(layout.num_tokens, 2, 8, dtype=torch.float64) for _ in range(3)]
-    ref_in = [t.clone().requires_grad_() for t in base]
-    ref = reference(*ref_in, layout.token_example)
-    g = torch.randn_like(ref)
-    (ref * g).sum().backward()
-    ins = [t.clone().requires_grad_() for t in base]
-    out = attend_bucketed(*ins, layout, slack=slack)
-    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
-    (out * g).sum().backward()
-    for a, b in zip(ins, ref_in):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9)
-
-
-def test_buckets_cover_groups_in_order():
-    groups = [(0, 2, 2), (4, 1, 3), (7, 3, 5), (22, 1, 20)]
-    for slack in (0.0, 0.3, 10.0):
-        parts = buckets(groups, slack)
-        assert [g for b in parts for g in b] == groups
-    assert len(buckets(groups, 0.0)) == 4 and len(buckets(groups, 1e9)) == 1
 
 
 def test_segments_single_group_path():

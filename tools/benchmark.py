@@ -2,6 +2,7 @@
 
     python tools/benchmark.py all --out bench.json          # everything, about 4 min on 2 CPU cores
     python tools/benchmark.py {pack,attention,step,loader,decode,gpu} [--tiny] [--threads N] [--repeats N]
+    python tools/benchmark.py step --precision fp32,bf16 [--widths 192,384,768]   # bf16 against fp32
 
 Each subcommand runs its variants in one process on the same inputs, after warm-up, in interleaved rounds,
 and reports medians and ratios as markdown tables on stdout (and, with --out, as JSON with the machine).
@@ -37,6 +38,10 @@ def run_one(name: str, args: argparse.Namespace) -> Report:
     if name == "attention":
         from mmvit.bench import attention
         return attention.run(**kw)
+    if name == "step" and args.precision:
+        from mmvit.bench import precision
+        widths = [int(w) for w in args.widths.split(",")] if args.widths else None
+        return precision.run(**kw, precisions=args.precision.split(","), widths=widths)
     if name == "step":
         from mmvit.bench import step
         return step.run(**kw, peers_enabled=not args.no_peers)
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", help="demo dataset for loader/decode (default: build one in a temp dir)")
+    parser.add_argument("--precision", help="step: compare these precisions (fp32,bf16[,autocast]) at --widths "
+                                            "instead of mmvit against padding and peers; 'all' runs both")
+    parser.add_argument("--widths", help="step --precision: model widths (default 192,384,768: ViT-Ti/S/B)")
     parser.add_argument("--no-peers", action="store_true", help="leave vit-pytorch out of the step benchmark")
     args = parser.parse_args(argv)
     if args.threads:
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     command = "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = (f"machine: {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, "
+    header = (f"machine: {info['cpu']} ({info['cpu_flags']}), {info['usable_cores']} cores, torch {info['torch']}, "
               f"{info['threads']} threads, cuda: {info['cuda'] or 'none'}, "
               f"load average {info.get('load_average_1min', '?')} at start")
     print(header)
@@ -78,8 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         sections += ["", f"warning: {busy_warning(info)}"]
     results = {"command": command, "machine": info, "tiny": args.tiny, "reports": []}
     t0 = time.perf_counter()
-    for name in NAMES if args.what == "all" else (args.what,):
-        report = run_one(name, args)
+    jobs = [(args.what, args)]
+    if args.what == "all":  # every benchmark, and the precision comparison after the step against peers
+        plain = argparse.Namespace(**{**vars(args), "precision": None})
+        jobs = [(n, plain) for n in NAMES]
+        jobs.insert(NAMES.index("step") + 1,
+                    ("step", argparse.Namespace(**{**vars(args), "precision": args.precision or "fp32,bf16"})))
+    for name, job_args in jobs:
+        report = run_one(name, job_args)
         if args.tiny:
             for bar in report.bars:
                 bar.judged = False

@@ -91,7 +91,8 @@ def run(tiny: bool = False, repeats: int = 9, seed: int = 0, heads: int = 3, hea
     table = Table("Attention forward + backward, one packed row", [
         Column("L", "L"), Column("E", "examples"), Column("variant", "variant"), Column("ms", "median ms", "{:.1f}"),
         Column("speedup", "dense / this (time, per round)", "{:.2f}x"), Column("mib", "peak MiB", "{:.1f}"),
-        Column("mem_ratio", "dense / this (memory)", "{:.1f}x"), Column("mask_mib", "mask MiB", "{:.1f}")])
+        Column("mem_ratio", "dense / this (memory)", "{:.1f}x"), Column("mask_mib", "mask MiB", "{:.1f}"),
+        Column("err", "max |out - dense| / max |dense|", "{:.0e}")])
     rng = np.random.default_rng(seed)
     worst_speed, worst_mem = None, None
     bucket_ratio: list[float] = []
@@ -111,12 +112,17 @@ def run(tiny: bool = False, repeats: int = 9, seed: int = 0, heads: int = 3, hea
         times = interleaved({name: (lambda n=name: step(n)) for name in VARIANTS}, warmup=1, repeats=repeats,
                             budget_s=10.0)
         mem = {name: peak_rss_growth(lambda n=name: step(n)) for name in VARIANTS}
+        # The variants compute the same attention: their outputs are compared with dense's on the same inputs.
+        with torch.no_grad():
+            outs = {name: VARIANTS[name](*base[:3], build_layout(seg)) for name in VARIANTS}
+        scale = float(outs["dense"].abs().max())
+        err = {name: float((o - outs["dense"]).abs().max()) / scale for name, o in outs.items()}
         ms = {name: 1e3 * median(t) for name, t in times.items()}
         bucket_ratio.append(ratio(times, "bucketed", "segments"))
         report.raw[f"L{length}_E{e}"] = {"seconds_per_round": times, "peak_bytes": mem}
         for name in VARIANTS:
             row = {"L": length, "E": e, "variant": name, "ms": ms[name], "speedup": ratio(times, "dense", name),
-                   "mask_mib": length * length / 2**20 if name == "dense" else 0.0}
+                   "mask_mib": length * length / 2**20 if name == "dense" else 0.0, "err": err[name]}
             if mem[name] is not None:
                 row["mib"] = mem[name] / 2**20
                 row["mem_ratio"] = mem["dense"] / max(mem[name], 1)

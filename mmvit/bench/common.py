@@ -110,6 +110,23 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "amx_tile", "amx_bf16", "neon", "asimd", "sve")
+
+
+def simd_flags() -> str:
+    """The vector-instruction flags of :data:`SIMD_FLAGS` the kernel reports for this CPU (/proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(x for x in SIMD_FLAGS if x in have) or "none of " + " ".join(SIMD_FLAGS)
+    except OSError:
+        pass
+    return "unknown"
+
+
 def busy_warning(info: dict[str, Any]) -> str | None:
     """A warning when other processes keep the cores busy (timings then stretch, worst with several threads)."""
     load = info.get("load_average_1min")
@@ -127,6 +144,7 @@ def machine_info() -> dict[str, Any]:
         usable = os.cpu_count()
     info = {
         "cpu": cpu_model(),
+        "cpu_flags": simd_flags(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "torch": torch.__version__,
@@ -146,7 +164,7 @@ def machine_info() -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Bar:
-    """One bar of issue 5: ``measured op target`` holds or not (None: not measured here)."""
+    """One target a benchmark is judged by: ``measured op target`` holds or not (None: not measured here)."""
 
     name: str
     measured: float | None

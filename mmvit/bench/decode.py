@@ -35,7 +35,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from mmvit.bench.common import Bar, Column, Report, Table, interleaved, median, ratio
+from mmvit.bench.common import Bar, Column, Report, Table, interleaved, median, ratio, simd_flags
 
 TARGET_SIDE = 224  # short side of the scaled variants
 BAR = 1.3          # issue bar: every reader within 1.3x of the limit
@@ -44,8 +44,6 @@ VIDEOS = [("Kinetics-like 340x256, key frame every 2 s", 256, 340, 10.0, 30, 60)
           ("1280x720, one key frame", 720, 1280, 10.0, 30, None)]
 TINY_VIDEOS = [("tiny 96x64, key frame every 0.5 s", 64, 96, 2.0, 30, 15),
                ("tiny 128x72, one key frame", 72, 128, 2.0, 30, None)]
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-              "amx_tile", "neon", "asimd", "sve")
 
 
 def write_clip(path: str, h: int, w: int, frames: int, fps: int, gop: int | None) -> str:
@@ -119,18 +117,6 @@ def scaled_size(h: int, w: int, side: int = TARGET_SIDE) -> tuple[int, int]:
 
     s = side / min(h, w)
     return decode_plan((h, w), (0, 0, h, w), (round(h * s), round(w * s)))[0]
-
-
-def _simd_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    have = set(line.split(":", 1)[1].split())
-                    return " ".join(x for x in SIMD_FLAGS if x in have) or "none of " + " ".join(SIMD_FLAGS)
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _load() -> str:
@@ -219,7 +205,7 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0, data_dir: str | Non
     from mmvit.data.frames import sample_frames
     from mmvit.data.readers import backends
 
-    report.params.update(target_short_side=TARGET_SIDE, decoder_threads=1, simd=_simd_flags(),
+    report.params.update(target_short_side=TARGET_SIDE, decoder_threads=1, simd=simd_flags(),
                          load_average_start=_load())
     table = Table("ms per sample; ratio = median over rounds of variant / limit (same round)", [
         Column("video", "video"), Column("job", "sample"), Column("variant", "variant"), Column("size", "frames"),

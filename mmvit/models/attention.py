@@ -3,7 +3,8 @@
 Tokens arrive flat (``[N, H, d]``, see ``layout.py``); example ``i`` attends only to its own ``L_i`` tokens.
 
 - ``segments`` (CPU default, exact): one SDPA call per distinct example length on contiguous views
-  ``[n, H, l, d]``; cost ``sum(L_i^2)``, never ``N^2``.
+  ``[n, H, l, d]``; cost ``sum(L_i^2)``, never ``N^2``. In bf16/fp16 on a CPU, two matmuls and an fp32
+  softmax instead (SDPA's CPU kernel is slower there than in fp32).
 - ``dense`` (reference): one SDPA call over the whole sequence with a boolean block-diagonal mask.
 - ``xformers`` (CUDA): ``memory_efficient_attention`` with ``BlockDiagonalMask.from_seqlens``.
 - ``flex`` (CUDA): PyTorch's FlexAttention with a document mask, compiled (``flex_attention.py``); refused on
@@ -22,10 +23,39 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvit.models import flex_attention, xformers_ops
+from mmvit.models.dtypes import accum_dtype
 from mmvit.models.layout import SeqLayout
 
 Backend = Literal["auto", "xformers", "segments", "dense", "flex"]
 BACKENDS = ("auto", "xformers", "segments", "dense", "flex")
+
+
+# Score elements ([n, H, l, l] per group) up to which CPU bf16/fp16 attention runs as explicit matmuls: about
+# 256 MB of fp32 scores, kept for the backward. Larger groups use SDPA's fused kernel, which never holds them.
+MATMUL_MAX_SCORES = 2 ** 26
+
+
+def sdpa_lowp_is_slow(q: torch.Tensor) -> bool:
+    """Whether SDPA is the slow choice for these queries: bf16/fp16 on a CPU, where its fused kernel measured
+    0.2-0.8x its own fp32 speed (docs/benchmarks.md, "Precision") while bf16 matmuls run 2.3x (AVX512-BF16) to
+    4.8x (AMX) faster than fp32 ones."""
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+
+
+def attention_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of ``[n, H, l, d]`` tensors with two matmuls in the inputs' dtype and the softmax in
+    at least fp32 (its exponentials and row sums are where low precision loses most). ``[n, H, l, d]``."""
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5    # [n, H, l, l]
+    weights = torch.softmax(scores, dim=-1, dtype=accum_dtype(scores.dtype))
+    return weights.to(v.dtype) @ v
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One group of equal-length examples, ``[n, H, l, d]``: SDPA, or the matmul path where SDPA is slow."""
+    n, h, length, _ = q.shape
+    if sdpa_lowp_is_slow(q) and n * h * length * length <= MATMUL_MAX_SCORES:
+        return attention_matmul(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def attend_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
@@ -34,7 +64,7 @@ def attend_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: S
     if len(layout.groups) == 1:
         _, n, length = layout.groups[0]
         qs, ks, vs = (t.view(n, length, h, d).transpose(1, 2) for t in (q, k, v))
-        return F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(n * length, h, d)
+        return _attend(qs, ks, vs).transpose(1, 2).reshape(n * length, h, d)
     # One split per tensor, not a slice per group: a slice's backward writes a zero-filled [N, H, d] gradient
     # per group, a split's backward is one concatenation.
     sizes = layout.group_sizes
@@ -42,8 +72,7 @@ def attend_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: S
     for qs, ks, vs, (_, n, length) in zip(q.split(sizes), k.split(sizes), v.split(sizes), layout.groups):
         # [n*l, H, d] -> [n, H, l, d]
         qs, ks, vs = (t.view(n, length, h, d).transpose(1, 2) for t in (qs, ks, vs))
-        o = F.scaled_dot_product_attention(qs, ks, vs)
-        outs.append(o.transpose(1, 2).reshape(n * length, h, d))
+        outs.append(_attend(qs, ks, vs).transpose(1, 2).reshape(n * length, h, d))
     return torch.cat(outs)
 
 

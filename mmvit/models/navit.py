@@ -68,10 +68,11 @@ class NaViTConfig:
                 raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
 
 
-def drop_path_mask(layout: SeqLayout, p: float, device) -> torch.Tensor:
-    """Stochastic depth per example (not per row: packed examples are independent). ``[N, 1]``."""
+def drop_path_mask(layout: SeqLayout, p: float, device, dtype=torch.float32) -> torch.Tensor:
+    """Stochastic depth per example (not per row: packed examples are independent). ``[N, 1]`` in ``dtype``
+    (the tokens' dtype: an fp32 mask would promote bf16 tokens to fp32)."""
     keep = (torch.rand(layout.num_examples, device=device) >= p).float() / (1.0 - p)
-    return keep[layout.token_example][:, None]
+    return keep[layout.token_example][:, None].to(dtype)
 
 
 class Block(nn.Module):
@@ -87,8 +88,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
         if self.training and self.drop_path > 0:
-            m1 = drop_path_mask(layout, self.drop_path, x.device)
-            m2 = drop_path_mask(layout, self.drop_path, x.device)
+            m1 = drop_path_mask(layout, self.drop_path, x.device, x.dtype)
+            m2 = drop_path_mask(layout, self.drop_path, x.device, x.dtype)
             x = x + m1 * self.attn(self.norm1(x), layout)
             return x + m2 * self.mlp(self.norm2(x))
         x = x + self.attn(self.norm1(x), layout)

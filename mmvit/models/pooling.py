@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn as nn
 
+from mmvit.models.dtypes import accum_dtype, upcast
 from mmvit.models.gather import gather_rows
 from mmvit.models.layout import SeqLayout
 from mmvit.models.mlp import Mlp
@@ -29,9 +30,12 @@ def segment_softmax(scores: torch.Tensor, segment: torch.Tensor, num_segments: i
 
 
 def segment_mean(x: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
-    total = torch.zeros(num_segments, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, segment, x)
-    count = torch.bincount(segment, minlength=num_segments).clamp(min=1).to(x.dtype)
-    return total / count[:, None]
+    """Mean of ``x [N, D]`` per segment, summed in fp32 (a bf16 running sum of hundreds of tokens loses the
+    later ones), returned in ``x``'s dtype. ``[num_segments, D]``."""
+    total = torch.zeros(num_segments, x.shape[1], dtype=accum_dtype(x.dtype), device=x.device)
+    total = total.index_add_(0, segment, upcast(x))
+    count = torch.bincount(segment, minlength=num_segments).clamp(min=1).to(total.dtype)
+    return (total / count[:, None]).to(x.dtype)
 
 
 class MAPPool(nn.Module):
@@ -62,14 +66,17 @@ class MAPPool(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+        # The linear layers run in the weights' dtype; the scores, their per-example softmax and the weighted
+        # sum over an example's tokens run in fp32 (no-ops for fp32 weights): in bf16 the sum over hundreds
+        # of tokens and the softmax's exponentials would round away the small weights.
         n, e = x.shape[0], layout.num_examples
-        q = self.q(self.probe).view(self.heads, self.head_dim)                 # [H, d]
+        q = upcast(self.q(self.probe).view(self.heads, self.head_dim))         # [H, d]
         k, v = self.kv(x).view(n, 2, self.heads, self.head_dim).unbind(1)      # [N, H, d]
-        scores = (k * q).sum(-1) / math.sqrt(self.head_dim)                    # [N, H]
+        scores = (upcast(k) * q).sum(-1) / math.sqrt(self.head_dim)            # [N, H]
         w = segment_softmax(scores, layout.token_example, e)                   # [N, H]
-        pooled = torch.zeros(e, self.heads, self.head_dim, dtype=v.dtype, device=v.device)
-        pooled = pooled.index_add_(0, layout.token_example, w[..., None] * v)  # [E, H, d]
-        out = self.proj(pooled.reshape(e, -1))
+        pooled = torch.zeros(e, self.heads, self.head_dim, dtype=w.dtype, device=v.device)
+        pooled = pooled.index_add_(0, layout.token_example, w[..., None] * upcast(v))  # [E, H, d]
+        out = self.proj(pooled.reshape(e, -1).to(x.dtype))
         return out + self.mlp(self.norm(out))
 
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from mmvit.models.dtypes import upcast
 from mmvit.models.gather import gather_rows
 from mmvit.ops.resize import resample_grid
 from mmvit.registry import POS_EMBEDS
@@ -106,9 +107,11 @@ class Fourier(PosEmbed):
         pos = fractional(coords, extent) * self.scale if self.fractional else coords.float()
         feats = 0
         for a in range(3):
-            angle = pos[:, a, None].to(self.freqs.dtype) * self.freqs[a][None, :]
+            # Angles in fp32 whatever the weights' dtype: bf16 has 8 significant bits, so an angle between 32
+            # and 64 rad would round to a multiple of 0.25 rad and neighbouring positions would blur together.
+            angle = pos[:, a, None] * upcast(self.freqs[a])[None, :]
             feats = feats + torch.cat([angle.cos(), angle.sin()], dim=1)
-        return self.proj(feats / math.sqrt(self.freqs.shape[1]))
+        return self.proj((feats / math.sqrt(self.freqs.shape[1])).to(self.proj.weight.dtype))
 
 
 @POS_EMBEDS.register("grid2d")

@@ -28,6 +28,9 @@ class TrainConfig:
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # with the curriculum stage's examples per step
     loss_norm: Literal["examples", "tokens"] = "examples"   # global mean over examples, or weighted by tokens
     ema_decay: float | None = num(None, gt=0.0, lt=1.0)  # e.g. 0.9999; None: no EMA
+    # fp32, or bf16/fp16 weights with fp32 masters (DeepSpeed's mixed precision); auto: bf16 where the CPU
+    # or GPU has native bf16, else fp32 (mmvit/train/precision.py). None: as the deepspeed section says.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
     grad_checkpointing: bool = False
     save_every: int = num(0, ge=0)      # checkpoint every N steps (0: only at the end and on SIGTERM)
     keep_checkpoints: int = num(3, ge=0)  # complete checkpoints kept (0: all)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import socket
 from datetime import timedelta
@@ -77,13 +78,18 @@ def device() -> torch.device:
     return torch.device(get_accelerator().current_device_name())
 
 
-def build_ds_config(ds: dict, train: Any, *, universal: bool = False) -> dict:
+def build_ds_config(ds: dict, train: Any, *, universal: bool = False, precision: str = "fp32",
+                    device: torch.device | None = None) -> dict:
     """Check and complete the DeepSpeed config (the ``deepspeed:`` section or ``--deepspeed_config``).
 
     ``train`` is the :class:`~mmvit.train.config.TrainConfig`: it owns the rate and weight decay, which are
     filled into an ``optimizer`` section when the config has one (and must not disagree with it).
     ``universal``: the run resumes from a universal checkpoint (``checkpoint.load_universal`` is set).
+    ``precision``: as :func:`mmvit.train.precision.resolve` chose it; its sections are filled in by
+    :func:`mmvit.train.precision.apply` (``device``: where the run trains, CPU when not given).
     """
+    from mmvit.train import precision as prec
+
     ds = copy.deepcopy(dict(ds or {}))
     if "gradient_clipping" not in ds:
         raise KeyError("deepspeed.gradient_clipping is not set: DeepSpeed 0.19.8 silently defaults it to 1.0; "
@@ -115,7 +121,7 @@ def build_ds_config(ds: dict, train: Any, *, universal: bool = False) -> dict:
                 raise ValueError(f"deepspeed.optimizer.params.{key}={theirs} disagrees with train.{key}={ours}; "
                                  f"mmvit's train section owns it: remove it from the DeepSpeed config")
             params[key] = ours
-    return ds
+    return prec.apply(ds, precision, device if device is not None else torch.device("cpu"))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -142,6 +148,11 @@ class Engine:
             optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, fused=fused)
         self.ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
                                                 config=ds_config)
+        if self.dtype != torch.float32 and self.zero_stage == 0 and self.micro_batches > 1:
+            logging.getLogger("mmvit.train").warning(
+                f"{self.precision} without ZeRO sums the gradients of a step's {self.micro_batches} micro-batches "
+                f"in {self.precision} (DeepSpeed 0.19.8 accumulates in fp32 only with ZeRO >= 1); set "
+                f"deepspeed.zero_optimization.stage=1 to sum them in fp32")
 
     # -- what the engine is ---------------------------------------------------------------------------------
     @property
@@ -165,6 +176,11 @@ class Engine:
         if self.ds.fp16_enabled():
             return torch.float16
         return torch.float32
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: what checkpoints record and resumes compare."""
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
     def fp16(self) -> bool:

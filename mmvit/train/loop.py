@@ -214,7 +214,7 @@ def save_checkpoint(ctx: Context, state: RunState) -> str:
     dist.barrier()  # every rank has returned from its save
     if ctx.rank == 0:
         ckpt.mark_complete(path, {"step": state.step, "world_size": ctx.world_size,
-                                  "zero_stage": ctx.engine.zero_stage})
+                                  "zero_stage": ctx.engine.zero_stage, "precision": ctx.engine.precision})
         ckpt.prune(ckpt_dir, ctx.train.keep_checkpoints, protect=path)
     dist.barrier()
     ctx.log.record("event", state.step, event="checkpoint", path=path)

@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     from mmvit.train.curriculum import build_curriculum, describe, plan
     from mmvit.train.ema import EMA
     from mmvit.train.export import export_weights
+    from mmvit.train import precision as prec
     from mmvit.train.faults import Faults
     from mmvit.train.loop import Context, NonFiniteLossError, RunState, run_loop
     from mmvit.train.runlog import RunLog
@@ -111,7 +112,14 @@ def main(argv=None) -> int:
     if resume is not None and not ckpt.is_complete(resume) and not universal:
         raise SystemExit(f"--resume {resume}: no {ckpt.MARKER} marker, so the save was interrupted; resume from an "
                          f"older checkpoint (--resume auto picks the newest complete one)")
-    ds_config = ds.build_ds_config(cfg.get("deepspeed") or {}, train, universal=universal)
+    # Precision: train.precision (auto: from the hardware), or as the checkpoint being resumed was trained.
+    saved = ckpt.marker_info(resume).get("precision") if resume is not None and not universal else None
+    try:
+        precision, precision_why = prec.resolve(train.precision, cfg.get("deepspeed") or {}, ds.device(), saved)
+    except ValueError as e:
+        raise SystemExit(f"precision: {e}") from None
+    ds_config = ds.build_ds_config(cfg.get("deepspeed") or {}, train, universal=universal, precision=precision,
+                                   device=ds.device())
 
     # Class tables (one per task, fixed before training from the config or the training split) size the heads;
     # the resolved config holds them, so every later reader (eval, export, predict) maps labels the same way.
@@ -168,7 +176,8 @@ def main(argv=None) -> int:
             tables.save(os.path.join(run_dir, ckpt.CLASSES_NAME))
         with open(os.path.join(run_dir, "schedule.json"), "w") as f:
             json.dump(plan(curriculum, train.steps), f)
-    log.info(f"{world_size} rank(s) on {ds.device()}, ZeRO stage {engine.zero_stage}, {engine.dtype}, "
+    log.info(f"{world_size} rank(s) on {ds.device()}, ZeRO stage {engine.zero_stage}, {engine.precision} "
+             f"({precision_why}), "
              f"{engine.micro_batches} micro-batch(es) per rank per step, {n_params / 1e6:.2f}M parameters; "
              f"run dir {run_dir}")
     report = getattr(model, "pretrained_report", None)

@@ -16,7 +16,7 @@ but seeks back for an index lower than the last) and scales in its filter graph
 with the downscale factor and so antialiases (tests compare it with torch's antialiased bilinear).
 Decoders only downscale: a requested size larger than the frame gives the native size on that axis.
 
-Pitfalls handled here (see shared/REFERENCE.md):
+Pitfalls handled here (as reported by users on the PyAV and decord issue trackers):
 - PyAV: ``thread_type="SLICE"`` with few threads (AUTO/FRAME can hang when decoding stops early);
   containers always closed (they leak otherwise); it may raise only mid-decode on truncated files.
 - decord: ``get_batch`` can hang on files whose frame count is over-reported, so the frame count it

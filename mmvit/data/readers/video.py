@@ -47,7 +47,7 @@ _NO_RETRY = ("missing_file", "empty_file")  # no other decoder can help with the
 log = logging.getLogger("mmvit.data")
 
 
-def resolve_backend(backend: Backend) -> Literal["decord", "pyav"]:
+def resolve_video_backend(backend: Backend) -> Literal["decord", "pyav"]:
     """``auto`` is decord when it is installed, PyAV otherwise."""
     if backend == "auto":
         return "decord" if importlib.util.find_spec("decord") is not None else "pyav"
@@ -89,7 +89,7 @@ class VideoDecoder:
 
     def __init__(self, backend: Backend = "auto", threads: int = 1, timeout_s: float | None = None,
                  isolation: Isolation = "auto", cache_size: int = 4096, fallback: bool | None = None):
-        self.backend = resolve_backend(backend)
+        self.backend = resolve_video_backend(backend)
         if isolation == "auto":
             isolation = "process" if self.backend == "decord" else "none"
         if isolation not in ("none", "process"):
