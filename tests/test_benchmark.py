@@ -48,7 +48,7 @@ def test_pack():
     assert all(math.isfinite(r["rate"]) and r["rate"] > 0 for r in speed)
 
 
-def test_streaming_packer_loses_nothing_and_fills_rows():
+def test_streaming_packer_benchmark_fills_rows():
     from mmvit.bench.pack import streaming
 
     lengths = [3, 7, 2, 9, 4, 4, 1, 8, 6, 5] * 30

@@ -78,7 +78,7 @@ def test_user_extension_through_imports(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = mmvit.load_config(str(tmp_path / "extending.yaml"))
     model = mmvit.build_model(cfg).eval()
-    assert type(model.tokenizer).__name__ == "ConvStemTokenizer"
+    assert type(model.tokenizer).__name__ == "PatchMLPTokenizer"
     out = model(mmvit.pack([torch.randn(3, 32, 48)], patch_size=16, seq_len=8))
     assert out.shape == (1, 10) and torch.isfinite(out).all()
 
@@ -96,3 +96,76 @@ def test_base_component_with_new_type_is_replaced(tmp_path):
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\nmodel: {pos_embed: {type: grid2d}}\n")
     cfg = mmvit.load_config(str(tmp_path / "child.yaml"))
     assert cfg.model.pos_embed == {"type": "grid2d"}
+
+
+def test_exponent_numbers_are_floats_in_every_section(tmp_path):
+    """``1e-1`` without a dot: YAML 1.1 (PyYAML) reads it as a string. The config reader makes it a float in
+    every section, and each section's typed config also coerces such strings (from --set, old checkpoints)."""
+    from mmvit.data import resolve_data_config
+    from mmvit.objectives import build_objective
+    from mmvit.train.config import parse
+    from mmvit.train.curriculum import build_curriculum
+
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent("""
+        seed: 0
+        model: {width: 8, depth: 1, heads: 1, mlp_dim: 8, patch_size: 4, num_classes: 2, drop_path: 1e-1}
+        objective: {type: classification, label_smoothing: 1e-1}
+        data: {sources: [{type: synthetic}], max_bad_fraction: 5e-2}
+        train: {lr: 3e-4, weight_decay: 5e-2, steps: 1e1}
+        curriculum: {type: multigrid, final_fraction: 3e-1}
+        eval: {every: 1e2}
+        deepspeed: {gradient_clipping: 1e0}
+    """))
+    cfg = mmvit.load_config(str(path)).to_dict()
+    read = {"model": cfg["model"]["drop_path"], "objective": cfg["objective"]["label_smoothing"],
+            "data": cfg["data"]["max_bad_fraction"], "train": cfg["train"]["lr"],
+            "curriculum": cfg["curriculum"]["final_fraction"], "deepspeed": cfg["deepspeed"]["gradient_clipping"]}
+    assert read == {"model": 0.1, "objective": 0.1, "data": 0.05, "train": 3e-4, "curriculum": 0.3, "deepspeed": 1.0}
+    assert all(type(v) is float for v in read.values())
+
+    # The same values as strings reach every typed section as numbers of the declared type.
+    model = mmvit.build_model(dict(cfg["model"], drop_path="1e-1"))
+    assert model.cfg.drop_path == 0.1 and type(model.cfg.drop_path) is float
+    objective = build_objective({"type": "classification", "label_smoothing": "1e-1"}, model)
+    assert objective.label_smoothing == 0.1
+    data = resolve_data_config(dict(cfg["data"], max_bad_fraction="5e-2"), "train")
+    assert data.max_bad_fraction == 0.05
+    train, ev, _ = parse({"train": {"lr": "3e-4", "weight_decay": "5e-2", "steps": "1e1"}, "eval": {"every": "1e2"}})
+    assert (train.lr, train.weight_decay, train.steps, ev.every) == (3e-4, 0.05, 10, 100)
+    assert type(train.steps) is int and type(ev.every) is int
+    stages = build_curriculum({"type": "multigrid", "final_fraction": "3e-1"}, total_steps=10, data=data)
+    assert stages is not None
+    with pytest.raises(ValueError, match="data.max_bad_fraction"):
+        resolve_data_config(dict(cfg["data"], max_bad_fraction="5e+2"), "train")  # a range still applies
+
+
+@pytest.mark.parametrize("where, value, allowed", [
+    ("model.pool", "mapp", ["map", "mean", "cls"]),
+    ("train.schedule", "cosin", ["cosine", "constant"]),
+    ("data.video_backend", "ffmpeg", ["decord", "pyav", "auto"]),
+    ("eval.aggregate", "mean", ["mean_prob", "mean_logit", "max_prob"]),
+])
+def test_a_wrong_choice_names_the_allowed_values(where, value, allowed):
+    from mmvit.data import resolve_data_config
+    from mmvit.train.config import parse
+
+    section, key = where.split(".")
+    build = {"model": lambda v: mmvit.build_model({"width": 8, "depth": 1, "heads": 1, "mlp_dim": 8,
+                                                   "patch_size": 4, key: v}),
+             "train": lambda v: parse({"train": {key: v}}),
+             "eval": lambda v: parse({"eval": {key: v}}),
+             "data": lambda v: resolve_data_config({"sources": [{"type": "synthetic"}], key: v}, "train")}[section]
+    with pytest.raises(ValueError) as err:
+        build(value)
+    message = str(err.value)
+    assert where in message and repr(value) in message
+    assert all(repr(a) in message for a in allowed), message
+
+
+def test_a_component_section_without_type_keeps_the_default_type():
+    cfg = {"width": 8, "depth": 1, "heads": 1, "mlp_dim": 8, "patch_size": 4, "num_classes": 3}
+    model = mmvit.build_model(dict(cfg, head={"zero_init": False}, pos_embed={"fractional": True}))
+    assert model.head.fc.weight.abs().sum() > 0  # the linear head, not zero-initialised
+    assert type(model.pos_embed).__name__ == type(mmvit.build_model(cfg).pos_embed).__name__
+    assert mmvit.build_model(cfg).head.fc.weight.abs().sum() == 0

@@ -129,3 +129,21 @@ def test_training_over_shards_mixed_with_a_list(shards):
         if i == 5:
             break
     assert sources["wds"] > 0 and sources["list"] > 0
+
+
+def test_every_rank_gets_the_same_number_of_training_batches_over_uneven_shards(shards):
+    """Shards split unevenly over the ranks (and one of them damaged): every rank still yields the epoch length
+    it announces, the same on all ranks, so no rank waits in a collective for a batch that never comes."""
+    n_shards = len(json.load(open(shards["index"]))["shards"])
+    world = next(w for w in (3, 4, 5) if n_shards % w)
+    cfg = {"sources": [{"type": "webdataset", "index": shards["index"]}],
+           "seq_len": 64, "batch_rows": 2, "patch_sizes": [8], "tubelet": 2, "frames": 2,
+           "resolution": {"type": "uniform", "min": 16, "max": 32}, "video_backend": "pyav", "num_classes": 3,
+           "max_bad_fraction": 0.9, "num_workers": 1}
+    announced, delivered = [], []
+    for rank in range(world):
+        loader, control = build_loader(cfg, split="train", rank=rank, world_size=world, seed=0, train=True)
+        announced.append(len(loader))
+        delivered.append(sum(1 for _ in loader))
+    assert announced[0] >= 1 and len(set(announced)) == 1
+    assert delivered == announced

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,40 @@ def test_per_example_drop_rates():
     assert lengths == {0: 16, 1: 8, 2: 4}
     with pytest.raises(ValueError, match="2 drop rates for 3 samples"):
         mmvit.pack(samples, patch_size=8, seq_len=16, drop_rate=[0.1, 0.2])
+
+
+@pytest.mark.parametrize("max_per_row", [None, 3])
+def test_loader_selection_loses_nothing_and_every_batch_packs(max_per_row):
+    """The loader's batch selection (select_examples over a waiting list, as the stream does) fed a stream of
+    examples: each comes out in exactly one batch, every batch fits ``rows`` rows by first-fit-decreasing (so
+    ``pack(..., num_rows=rows)`` succeeds), and no example waits unboundedly."""
+    from mmvit.data.packer import select_examples
+
+    rng = np.random.default_rng(0)
+    seq_len, rows, buffer = 64, 3, 10
+    lengths = {k: int(n) for k, n in enumerate(rng.integers(1, seq_len + 1, 400))}
+    stream, waiting, out, waits, batch_no = iter(lengths), [], [], {}, 0
+    arrived = {}
+    while True:
+        for k in stream:
+            waiting.append(k)
+            arrived[k] = batch_no
+            if len(waiting) == buffer:
+                break
+        if not waiting:
+            break
+        keys = select_examples([(k, lengths[k]) for k in waiting], seq_len, rows, max_per_row)
+        assert keys, "an empty batch would stall the stream"
+        assert keys == [k for k in waiting if k in keys]  # in candidate (arrival) order
+        packed_rows = first_fit_decreasing([lengths[k] for k in keys], seq_len, max_per_row)
+        assert len(packed_rows) <= rows
+        samples = [torch.zeros(1, 1, 8, lengths[k] * 8) for k in keys]  # [C, T, H, W]: lengths[k] 8x8 patches
+        batch = mmvit.pack(samples, patch_size=(1, 8, 8), seq_len=seq_len, num_rows=rows, max_per_row=max_per_row)
+        assert batch.num_examples == len(keys) and int(batch.lengths.sum()) == sum(lengths[k] for k in keys)
+        for k in keys:
+            waits[k] = batch_no - arrived[k]
+        out += keys
+        waiting = [k for k in waiting if k not in keys]
+        batch_no += 1
+    assert sorted(out) == sorted(lengths) and len(out) == len(set(out))
+    assert max(waits.values()) <= buffer  # the oldest waiting example always fits an empty batch

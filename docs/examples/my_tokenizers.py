@@ -6,8 +6,8 @@ import torch.nn as nn
 from mmvit.registry import TOKENIZERS
 
 
-@TOKENIZERS.register("conv_stem")
-class ConvStemTokenizer(nn.Module):
+@TOKENIZERS.register("patch_mlp")
+class PatchMLPTokenizer(nn.Module):
     """Each flattened patch goes through a small MLP instead of one linear map."""
 
     def __init__(self, dim: int, in_chans: int = 3, patch_size: int = 16, bias: bool = False, hidden: int = 64,
@@ -20,5 +20,5 @@ class ConvStemTokenizer(nn.Module):
 
     def forward(self, patches: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
         if tuple(patch_size) != (1, self.patch_size, self.patch_size):
-            raise ValueError(f"conv_stem works at patch size {self.patch_size} only, got {patch_size}")
+            raise ValueError(f"patch_mlp works at patch size {self.patch_size} only, got {patch_size}")
         return self.net(patches)

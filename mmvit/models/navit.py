@@ -55,6 +55,9 @@ class NaViTConfig:
     init_from: dict | None = None          # {path, format}: pretrained weights, see mmvit.pretrained
 
     def __post_init__(self):
+        # A section given without its type keeps the default type (``--set model.head.zero_init=false``).
+        for key, default in (("tokenizer", "patch2d"), ("pos_embed", "learned"), ("head", "linear")):
+            setattr(self, key, {"type": default, **dict(getattr(self, key) or {})})
         sizes = decode_variant(self.variant) if self.variant else {}
         for key, value in sizes.items():
             if getattr(self, key) is None:
