@@ -95,7 +95,17 @@ def test_gpu_runs_or_skips():
 def test_loader():
     from mmvit.bench import io
 
-    _check(io.run_loader(tiny=True, repeats=1))
+    report = io.run_loader(tiny=True, repeats=1)
+    _check(report)
+    demo, kinetics = report.tables
+    for table, workers in ((demo, [0, 1, 2]), (kinetics, [0, 2])):
+        rows = [r for r in table.rows if isinstance(r["workers"], int)]
+        assert [r["workers"] for r in rows] == workers
+        assert all(math.isfinite(r["rate"]) and r["rate"] > 0 and r["keeps_up"] > 0 for r in rows)
+        assert all(0.0 <= r["padding"] < 1.0 and r["per_row"] > 0 for r in rows)
+    assert 0.0 < report.params["kinetics_decode_share"] < 1.0
+    assert 0.0 <= report.params["kinetics_image_share"] < 1.0
+    assert len(report.bars) == 2 and all(b.measured is not None and b.measured > 0 for b in report.bars)
 
 
 def test_decode():

@@ -58,7 +58,9 @@ def test_shipped_video_config(tmp_path):
     cfg = mmvit.load_config(os.path.join(ROOT, "configs/pretrained/vit_s16_timm_video.yaml"),
                             [f"model.init_from.path={path}"])
     model = build_init(cfg).eval()
-    assert model.head.fc.weight.shape == (18, 384) and model.head.fc.weight.abs().max() == 0
+    heads = {t: h.fc.weight for t, h in model.task_heads.items()}
+    assert {t: tuple(w.shape) for t, w in heads.items()} == {"digits": (10, 384), "motion": (8, 384)}
+    assert all(w.abs().max() == 0 for w in heads.values())
     img = torch.randn(3, 96, 160)
     clip = img[:, None].expand(-1, 2, -1, -1)
     got = features(model, [clip], patch_size=(2, 16, 16))[0]
