@@ -1,9 +1,9 @@
-"""Build the demo dataset (digit images, classes 0-9; moving-digit videos, classes 10-17) for ``make demo``.
+"""Build the demo dataset (task digits: images, labels 0-9; task motion: moving-digit videos, labels N..NW) for ``make demo``.
 
-    python tools/make_demo_data.py --out data/demo [--seed 0] [--images-per-split 1500,300,600]
+    python tools/make_demo_data.py --out data/demo [--seed 0] [--images-per-split 4500,300,600]
         [--videos-per-split 960,160,320] [--no-shards] [--force]
 
-Takes about 25 s (one process) with the default counts and writes about 85 MB. Skips the work when ``out``
+Takes about 30-60 s (one process) with the default counts and writes about 140 MB. Skips the work when ``out``
 already holds a dataset built with the same seed, counts and shard setting. See docs/demo_data.md.
 """
 

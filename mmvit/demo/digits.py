@@ -49,8 +49,8 @@ NUM_DIGITS = 10
 # Two label spaces ("tasks"), each its own head: the digit an image shows (labels 0-9, written as integers)
 # and the direction a clip's digit moves (written as names, in this order in the class table).
 TASKS = {"digits": tuple(str(d) for d in range(NUM_DIGITS)), "motion": DIRECTIONS}
-DEFAULT_COUNTS = {"images": (1500, 300, 600), "videos": (960, 160, 320)}
-FORMAT_VERSION = 4  # bump when the generator changes, so old outputs are rebuilt
+DEFAULT_COUNTS = {"images": (9000, 300, 600), "videos": (960, 160, 320)}
+FORMAT_VERSION = 5  # bump when the generator changes, so old outputs are rebuilt
 
 _SCAN_FRACTIONS = (0.60, 0.15, 0.25)
 _IMAGE_SIDES = (32, 96)
@@ -132,7 +132,7 @@ def render_digit_image(scan: np.ndarray, size: tuple[int, int], rng: np.random.G
         uint8 ``[H, W, 3]``.
     """
     h, w = size
-    base = min(h, w) * rng.uniform(0.5, 0.9)
+    base = min(h, w) * rng.uniform(0.7, 0.95)
     bh = int(np.clip(round(base * rng.uniform(0.85, 1.15)), 8, h))
     bw = int(np.clip(round(base * rng.uniform(0.85, 1.15)), 8, w))
     alpha = np.zeros((h, w), np.float32)
