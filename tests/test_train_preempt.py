@@ -110,7 +110,7 @@ def _stop_mid_run(cmd, run_dir, sig, log_path):
 
 def _check_stopped(run_dir, output, ranks):
     assert "DataLoader worker" not in output and "Traceback" not in output, output[-6000:]
-    assert "stop requested (signal)" in output, output[-6000:]
+    assert "stop requested (signal" in output, output[-6000:]
     stops = [r for r in _records(run_dir, "event") if r.get("event") == "stopped"]
     assert len(stops) == 1, output[-4000:]
     stopped = stops[0]["step"]
@@ -118,7 +118,7 @@ def _check_stopped(run_dir, output, ranks):
     for rank in range(1, ranks):
         assert f"[rank {rank}] WARNING: stopped at step {stopped}" in output and "exiting 0" in output
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    assert sorted(os.listdir(ckpt_dir)) == sorted([f"global_step{stopped}", "latest"])
+    assert [n for n in os.listdir(ckpt_dir) if n.startswith("global_step")] == [f"global_step{stopped}"]
     assert os.path.isfile(os.path.join(ckpt_dir, f"global_step{stopped}", MARKER))
     return stopped
 
@@ -166,7 +166,7 @@ def test_sigusr1_to_one_process_run_exits_0_with_a_checkpoint(tmp_path):
                               str(tmp_path / "stop.log"))
     assert code == 0, out[-4000:]
     _check_stopped(run_dir, out, ranks=1)
-    assert "SIGUSR1" in out
+    assert "stop requested (signal: SIGUSR1)" in out
 
 
 @pytest.mark.slow

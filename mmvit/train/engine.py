@@ -11,9 +11,10 @@ DeepSpeed 0.19.8 facts this relies on (checked in its source: runtime/engine.py)
   data-parallel size: the gradient the optimizer sees is exactly the gradient of the global mean.
 - With ZeRO >= 1 (and with bf16/fp16 wrappers) the optimizer checks the gradient norm and skips the update
   when it is not finite (``engine.was_step_applied()`` is then False). Plain fp32 without ZeRO has no such
-  check: there :meth:`Engine.drop_update` clears the gradients before the boundary ``step()``, and the
-  torch optimizers (AdamW, DeepSpeed's CPU/fused Adam) leave a parameter without a gradient untouched
-  (no moment update, no weight decay, its step count unchanged), so the update is dropped all the same.
+  check: there :meth:`Engine.drop_update` makes the boundary ``step()`` skip the optimizer's own ``step``
+  (DeepSpeed still clips, zeroes the gradients and counts the step, as after an overflow), so the weights
+  and the optimizer state stay exactly as they were. (Clearing the gradients instead would not do:
+  DeepSpeed's fp32 gradient clipping indexes the first parameter that has one.)
 - ``gradient_clipping`` defaults to 1.0 when absent: it must be given explicitly. The rate is set by mmvit's
   schedule on ``engine.optimizer.param_groups`` every step; a DeepSpeed ``scheduler`` section is refused.
 - ``deepspeed.add_config_arguments`` adds ``--deepspeed`` and ``--deepspeed_config``; the launcher also
@@ -197,10 +198,8 @@ class Engine:
     def drop_update(self) -> None:
         """The coming boundary :meth:`step` must apply nothing (every rank calls this for the same step: the
         loop agrees on it first). With DeepSpeed's own check the poisoned (NaN) gradient already drops it;
-        in fp32 without ZeRO the gradients (already all-reduced by the last backward) are cleared instead."""
+        in fp32 without ZeRO the optimizer's ``step`` is skipped for that one call."""
         if not self.ds_skips_nonfinite:
-            for p in self.module.parameters():
-                p.grad = None
             self._drop_pending = True
 
     # -- a step ---------------------------------------------------------------------------------------------
@@ -224,7 +223,15 @@ class Engine:
     def step(self) -> None:
         """Call after every micro-batch's backward; the optimizer applies at the accumulation boundary."""
         boundary = self.ds.is_gradient_accumulation_boundary()
-        self.ds.step()
+        if not (boundary and self._drop_pending):
+            self.ds.step()
+        else:
+            opt = self.ds.optimizer
+            opt.step = lambda *args, **kwargs: None  # an instance attribute shadows the method, this call only
+            try:
+                self.ds.step()
+            finally:
+                del opt.step
         if boundary:
             self._dropped, self._drop_pending = self._drop_pending, False
 

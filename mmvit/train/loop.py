@@ -316,7 +316,8 @@ def run_loop(ctx: Context, state: RunState) -> str:
                 f"checkpoint is intact: lower train.lr, check the data, or resume with --resume auto.")
         ctx.faults.after_step()
         if m["stop"]:
-            ctx.log.info(f"stop requested (signal): saving at step {state.step}")
+            here = ", ".join(getattr(ctx.stopper, "received", [])) or "none here, another rank's"
+            ctx.log.info(f"stop requested (signal: {here}): saving at step {state.step}")
             save_checkpoint(ctx, state)
             return "stopped"
         if evalc.every and state.step % evalc.every == 0 and state.step < train.steps:
