@@ -109,7 +109,9 @@ def _stop_mid_run(cmd, run_dir, sig, log_path):
 
 
 def _check_stopped(run_dir, output, ranks):
-    assert "DataLoader worker" not in output and "Traceback" not in output, output[-6000:]
+    assert "DataLoader worker" not in output, output[-6000:]
+    # The one traceback allowed: torchrun's agent re-raising the signal it forwarded (its design).
+    assert output.count("Traceback") == output.count("multiprocessing.api.SignalException: Process"), output[-6000:]
     assert "stop requested (signal" in output, output[-6000:]
     stops = [r for r in _records(run_dir, "event") if r.get("event") == "stopped"]
     assert len(stops) == 1, output[-4000:]
