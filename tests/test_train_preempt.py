@@ -2,7 +2,8 @@
 send it) under the ``deepspeed`` launcher, torchrun and a plain one-process start leaves a complete
 checkpoint at the step where the ranks stopped, every rank exits 0, and ``--resume auto`` ends with exactly
 the weights and losses of a run that was never stopped. Plus the stop flag's own rules (in-process) and the
-watchdog's bound (a subprocess), and a non-finite step skipped (not aborted) in fp32 without ZeRO.
+watchdog's bound (a subprocess); and two weak points: a non-finite step skipped (not aborted) in fp32
+without ZeRO, and a ZeRO-3 evaluation where one rank has no batch.
 
 configs/tests/tiny_train.yaml with 2 loader workers per rank; each real run takes ~20-40 s on 2 cores.
 """
@@ -250,3 +251,20 @@ def test_loader_workers_ignore_the_stop_signals(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batches 6" in proc.stdout
+
+
+@pytest.mark.slow
+def test_zero3_evaluation_with_a_rank_without_eval_batches_finishes(tmp_path):
+    """ZeRO-3's forward gathers parameters from every rank: a rank with no evaluation batch must still join
+    each forward (lockstep with a dummy batch), else both ranks hang. One validation image: rank 1 has none."""
+    run_dir = str(tmp_path / "run")
+    val = ("data.splits.val.sources=[{type: synthetic, num_samples: 1, num_classes: 10, video_fraction: 0.0, "
+           "seed: 1}]")
+    proc = subprocess.run(_cmd("deepspeed", run_dir, "train.steps=2", "eval.every=1", "eval.at_end=true",
+                               "deepspeed.zero_optimization.stage=3", "train.ema_decay=null", val),
+                          cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600, check=False)  # a hang fails here
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    evals = _records(run_dir, "eval")
+    assert [e["step"] for e in evals] == [1, 2]
+    assert all(e["count"] == 1 for e in evals)
