@@ -256,11 +256,11 @@ def test_loader_workers_ignore_the_stop_signals(tmp_path):
 @pytest.mark.slow
 def test_zero3_evaluation_with_a_rank_without_eval_batches_finishes(tmp_path):
     """ZeRO-3's forward gathers parameters from every rank: a rank with no evaluation batch must still join
-    each forward (lockstep with a dummy batch), else both ranks hang. One validation image: rank 1 has none."""
+    each forward (lockstep with a dummy batch), else both ranks hang. One validation clip: rank 1 has none."""
     run_dir = str(tmp_path / "run")
-    val = ("data.splits.val.sources=[{type: synthetic, num_samples: 1, num_classes: 10, video_fraction: 0.0, "
-           "seed: 1}]")
-    proc = subprocess.run(_cmd("deepspeed", run_dir, "train.steps=2", "eval.every=1", "eval.at_end=true",
+    val = ("data.splits.val.sources=[{type: synthetic, num_samples: 1, num_classes: 10, video_fraction: 1.0, "
+           "frames: [4, 6], seed: 1}]")
+    proc = subprocess.run(_cmd("deepspeed", run_dir, "train.steps=2", "eval.every=1", "eval.at_end=true", "eval.images=false",
                                "deepspeed.zero_optimization.stage=3", "train.ema_decay=null", val),
                           cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600, check=False)  # a hang fails here
