@@ -7,7 +7,9 @@ the first index no worker has started. Every batch therefore has exactly one sta
 history, and the history is part of the data state, so a resumed run builds the same batches as the
 uninterrupted one. Batches already built and waiting in the DataLoader's prefetch queue keep their old
 stage: the change shows up within ``num_workers * prefetch_factor`` batches (``batch.stage_id`` says which
-stage a batch was built with).
+stage a batch was built with). A training run instead announces the schedule ahead (:meth:`DataControl.announce`):
+each change at the batch index where the curriculum puts it, before any worker can reach that batch, so the
+stage of a batch is a function of its index alone, not of how far the workers happen to have run ahead.
 
 Resume: every batch carries its worker's state after building it (see stream.py). The loader records the
 state of the last batch it handed out per worker; :meth:`state_dict` returns those plus the epoch and batch
@@ -106,6 +108,52 @@ class DataControl:
             first = max((k for k, e in enumerate(history) if e[0] <= self.g), default=0)
             self.history = history[first:]
             self.shared.stages.write(self.history)
+
+    @property
+    def max_ahead(self) -> int:
+        """How many batches past the last one handed out the workers may have started: the DataLoader keeps
+        ``prefetch_factor`` requests per worker in flight, and a worker builds a batch only when asked."""
+        return self.cfg.num_workers * self.cfg.prefetch_factor if self.cfg.num_workers > 0 else 0
+
+    def announce(self, changes: list[tuple[int, Stage | dict]]) -> bool:
+        """Set the stages from ``changes[0][0]`` on: ``[(first batch index, stage), ...]`` in increasing
+        index order, each stage applying until the next one's index (the last one onwards). Batches a worker
+        has already started keep what they were built with: returns False if that contradicts ``changes``
+        (announced too late; the new stage then applies from the next unstarted batch). Announcing the same
+        schedule again is a no-op (the stage ids stay)."""
+        specs = [(int(b), make_stage(self.cfg, st).to_dict()) for b, st in changes]  # validated here
+        if not specs:
+            return True
+        with self.shared.lock:
+            started = max(self.shared.max_started.value + 1, self.g)
+            start = specs[0][0]
+            # Entries in force before the announced range, or for batches already started, stay as they are.
+            history = [e for e in self.history if e[0] < max(start, started)]
+            old = {(e[0], json.dumps(e[2], sort_keys=True)): e for e in self.history}
+            on_time = True
+            for k, (b, spec) in enumerate(specs):
+                end = specs[k + 1][0] if k + 1 < len(specs) else None
+                if b < started:
+                    # Batches b .. started-1 were started with whatever the history said: it must agree.
+                    upto = started if end is None else min(end, started)
+                    on_time &= all(self._spec_at(g) == spec for g in range(b, upto))
+                    if end is not None and end <= started:
+                        continue
+                    b = started
+                if history and history[-1][2] == spec:
+                    continue
+                entry = old.get((b, json.dumps(spec, sort_keys=True)))
+                if entry is None:
+                    entry = [b, self.next_stage_id, spec]
+                    self.next_stage_id += 1
+                history.append(entry)
+            first = max((k for k, e in enumerate(history) if e[0] <= self.g), default=0)
+            self.history = history[first:]
+            self.shared.stages.write(self.history)
+        return on_time
+
+    def _spec_at(self, g: int) -> dict:
+        return max((e for e in self.history if e[0] <= g), key=lambda e: e[0], default=self.history[0])[2]
 
     @property
     def stage(self) -> Stage:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
+import signal
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from mmvit.data.classes import ClassTables, resolve_class_tables
@@ -30,16 +32,37 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+# The signals that ask a training run to checkpoint and stop (mmvit/train/preempt.py).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def worker_init(worker_id: int) -> None:
+    """Loader workers ignore the stop signals: a SIGTERM to the whole process group (SLURM, ``timeout``, the
+    launchers) would otherwise kill them first and the rank with them; their rank shuts them down when it
+    stops. The decode-isolation children they start inherit the setting."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 class PackedLoader(DataLoader):
-    """A DataLoader whose iteration also keeps the :class:`DataControl` informed (position, stats)."""
+    """A DataLoader whose iteration also keeps the :class:`DataControl` informed (position, stats).
+
+    It has its own generator, reseeded at every ``iter()`` from the seed, the rank and the data position:
+    the DataLoader draws its workers' base seed from it, which would otherwise advance the process's global
+    torch generator (drop-path) by one draw per epoch and differ between a resumed and an uninterrupted run.
+    """
 
     def __init__(self, dataset: PackedStream, control: DataControl, **kwargs: Any):
-        super().__init__(dataset, batch_size=None, collate_fn=_identity, **kwargs)
+        super().__init__(dataset, batch_size=None, collate_fn=_identity, generator=torch.Generator(), **kwargs)
         self.control = control
+        self._live: Any = None  # the running DataLoader iterator (its workers)
 
     def __iter__(self):
         self.control.begin_iter()
+        c = self.control
+        self.generator.manual_seed(((c.seed * 1_000_003 + c.rank) * 1_000_003 + c.g) % 2 ** 63)
         it = super().__iter__()
+        self._live = it
         try:
             for batch in it:
                 if isinstance(batch, PassEnd):
@@ -53,7 +76,15 @@ class PackedLoader(DataLoader):
             e.__traceback__ = None
             del it
             self._iterator = None
+            self._live = None
             raise
+
+    def shutdown(self) -> None:
+        """Stop the workers now (the rank is about to exit) instead of when the garbage collector runs."""
+        for it in (self._live, self._iterator):
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+        self._live = self._iterator = None
 
 
 def estimate_batches_per_epoch(cfg: DataConfig, sources: list[Source], world_size: int) -> int:
@@ -130,5 +161,5 @@ def build_loader(data_cfg: dict | DataConfig, *, split: str, rank: int, world_si
     kwargs: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": cfg.pin_memory}
     if cfg.num_workers > 0:
         kwargs.update(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor,
-                      multiprocessing_context=mp_ctx)
+                      multiprocessing_context=mp_ctx, worker_init_fn=worker_init)
     return PackedLoader(dataset, control, **kwargs), control

@@ -38,6 +38,12 @@ class TrainConfig:
     log_every: int = num(1, ge=1)       # steps between metric records
     progress: bool = True               # tqdm bar on rank 0
     dist_timeout_min: float = num(30.0, gt=0.0)  # collective timeout
+    # After the first SIGTERM/SIGINT/SIGUSR1: save and exit within this bound, else exit 4 without a marker.
+    # Keep it under the launcher's grace period (deepspeed and torchrun: SIGKILL 30 s after they forward).
+    stop_timeout_s: float = num(60.0, gt=0.0)
+    threads: int | None = num(None, ge=1)  # torch intra-op threads per rank; None: cores on the host / its ranks
+    # Bit-reproducible runs: torch.use_deterministic_algorithms (and on GPUs cuBLAS/cuDNN settings).
+    deterministic: bool = False
     faults: FaultConfig = dataclasses.field(default_factory=FaultConfig)
 
 

@@ -11,7 +11,10 @@ DeepSpeed 0.19.8 facts this relies on (checked in its source: runtime/engine.py)
   data-parallel size: the gradient the optimizer sees is exactly the gradient of the global mean.
 - With ZeRO >= 1 (and with bf16/fp16 wrappers) the optimizer checks the gradient norm and skips the update
   when it is not finite (``engine.was_step_applied()`` is then False). Plain fp32 without ZeRO has no such
-  check, so a non-finite loss cannot be skipped there (the loop aborts instead).
+  check: there :meth:`Engine.drop_update` makes the boundary ``step()`` skip the optimizer's own ``step``
+  (DeepSpeed still clips, zeroes the gradients and counts the step, as after an overflow), so the weights
+  and the optimizer state stay exactly as they were. (Clearing the gradients instead would not do:
+  DeepSpeed's fp32 gradient clipping indexes the first parameter that has one.)
 - ``gradient_clipping`` defaults to 1.0 when absent: it must be given explicitly. The rate is set by mmvit's
   schedule on ``engine.optimizer.param_groups`` every step; a DeepSpeed ``scheduler`` section is refused.
 - ``deepspeed.add_config_arguments`` adds ``--deepspeed`` and ``--deepspeed_config``; the launcher also
@@ -148,6 +151,7 @@ class Engine:
             optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, fused=fused)
         self.ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
                                                 config=ds_config)
+        self._drop_pending = self._dropped = False
         if self.dtype != torch.float32 and self.zero_stage == 0 and self.micro_batches > 1:
             logging.getLogger("mmvit.train").warning(
                 f"{self.precision} without ZeRO sums the gradients of a step's {self.micro_batches} micro-batches "
@@ -187,9 +191,16 @@ class Engine:
         return bool(self.ds.fp16_enabled())
 
     @property
-    def can_skip_nonfinite(self) -> bool:
-        """Whether DeepSpeed drops an update whose gradient norm is not finite (ZeRO >= 1, bf16 or fp16)."""
+    def ds_skips_nonfinite(self) -> bool:
+        """Whether DeepSpeed itself drops an update whose gradient norm is not finite (ZeRO >= 1, bf16, fp16)."""
         return self.zero_stage >= 1 or self.ds.bfloat16_enabled() or self.ds.fp16_enabled()
+
+    def drop_update(self) -> None:
+        """The coming boundary :meth:`step` must apply nothing (every rank calls this for the same step: the
+        loop agrees on it first). With DeepSpeed's own check the poisoned (NaN) gradient already drops it;
+        in fp32 without ZeRO the optimizer's ``step`` is skipped for that one call."""
+        if not self.ds_skips_nonfinite:
+            self._drop_pending = True
 
     # -- a step ---------------------------------------------------------------------------------------------
     def __call__(self, batch):
@@ -211,11 +222,22 @@ class Engine:
 
     def step(self) -> None:
         """Call after every micro-batch's backward; the optimizer applies at the accumulation boundary."""
-        self.ds.step()
+        boundary = self.ds.is_gradient_accumulation_boundary()
+        if not (boundary and self._drop_pending):
+            self.ds.step()
+        else:
+            opt = self.ds.optimizer
+            opt.step = lambda *args, **kwargs: None  # an instance attribute shadows the method, this call only
+            try:
+                self.ds.step()
+            finally:
+                del opt.step
+        if boundary:
+            self._dropped, self._drop_pending = self._drop_pending, False
 
     @property
     def step_applied(self) -> bool:
-        return bool(self.ds.was_step_applied())
+        return bool(self.ds.was_step_applied()) and not self._dropped
 
     def grad_norm(self) -> float | None:
         norm = self.ds.get_global_grad_norm()

@@ -5,12 +5,16 @@ One step on each rank: take ``gradient_accumulation_steps`` packed micro-batches
 (or token) count, then forward/backward each with its per-example losses (from the objective) summed and
 divided by that global count. Before each backward the ranks agree whether any of them saw a non-finite
 loss; if so every rank poisons its gradient so that DeepSpeed's overflow check drops the whole update on
-all ranks together, and the step is counted as skipped. ``max_nonfinite`` skipped steps in a row stop the
-run.
+all ranks together (fp32 without ZeRO, which has no such check: ``Engine.drop_update``), and the step is
+counted as skipped. ``max_nonfinite`` skipped steps in a row stop the run.
+
+Stops (mmvit/train/preempt.py): the step's metrics all-reduce carries each rank's stop flag, so all ranks
+save after the same step and leave the loop together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -71,6 +75,7 @@ class Context:
     device: torch.device
     seed: int
     stop_requested: Callable[[], bool]  # a signal arrived on this rank
+    stopper: Any = None                 # mmvit.train.preempt.Stopper: guards checkpoint saves
     classes: dict | None = None         # class tables as JSON, saved with every checkpoint
     tables: Any = None                  # the ClassTables the loaders map labels through
     stage: Stage | None = None
@@ -122,11 +127,6 @@ def train_step(ctx: Context, state: RunState, it_holder: list) -> dict:
         if flags.any():
             step_bad = True
             bad_ranks = sorted(set(bad_ranks) | set(torch.nonzero(flags).flatten().tolist()))
-            if not engine.can_skip_nonfinite:
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {state.step} on ranks {bad_ranks}; ZeRO stage 0 in fp32 has no "
-                    f"overflow check in DeepSpeed, so the step cannot be skipped: nothing was applied. Use "
-                    f"zero_optimization.stage >= 1 or bf16 to skip such steps instead.")
         if step_bad:
             # NaN gradients on every rank: DeepSpeed's norm check drops the update everywhere.
             engine.backward(loss * float("nan"))
@@ -137,6 +137,8 @@ def train_step(ctx: Context, state: RunState, it_holder: list) -> dict:
                 sums[k] = sums.get(k, 0) + v.detach().double()
         if j == engine.micro_batches - 1:
             ctx.faults.before_update(engine, state.step, global_count)
+            if step_bad:
+                engine.drop_update()
         engine.step()
 
     applied = engine.step_applied
@@ -192,8 +194,19 @@ def run_validation(ctx: Context, state: RunState) -> None:
         ctx.log.warning(f"eval: {w}")
 
 
+def _guard(ctx: Context, what: str):
+    method = getattr(ctx.stopper, what, None)
+    return method() if method is not None else contextlib.nullcontext()
+
+
 def save_checkpoint(ctx: Context, state: RunState) -> str:
-    """Save on every rank, then (after a barrier) mark complete and prune on rank 0."""
+    """Save on every rank, then (after a barrier) mark complete and prune on rank 0. Signals during the save
+    only repeat a stop request, and the stop watchdog never exits during the marker write or the pruning."""
+    with _guard(ctx, "saving"):
+        return _save_checkpoint(ctx, state)
+
+
+def _save_checkpoint(ctx: Context, state: RunState) -> str:
     ckpt_dir = os.path.join(ctx.run_dir, ckpt.CHECKPOINTS_DIR)
     tag = ckpt.tag_for(state.step)
     path = os.path.join(ckpt_dir, tag)
@@ -213,19 +226,35 @@ def save_checkpoint(ctx: Context, state: RunState) -> str:
     ctx.engine.save(ckpt_dir, tag, client)
     dist.barrier()  # every rank has returned from its save
     if ctx.rank == 0:
-        ckpt.mark_complete(path, {"step": state.step, "world_size": ctx.world_size,
-                                  "zero_stage": ctx.engine.zero_stage, "precision": ctx.engine.precision})
-        ckpt.prune(ckpt_dir, ctx.train.keep_checkpoints, protect=path)
+        with _guard(ctx, "critical"):
+            ckpt.mark_complete(path, {"step": state.step, "world_size": ctx.world_size,
+                                      "zero_stage": ctx.engine.zero_stage, "precision": ctx.engine.precision})
+            ckpt.prune(ckpt_dir, ctx.train.keep_checkpoints, protect=path)
     dist.barrier()
     ctx.log.record("event", state.step, event="checkpoint", path=path)
     ctx.log.info(f"saved checkpoint {path} in {time.perf_counter() - t0:.1f}s")
     return path
 
 
+def announce_stages(ctx: Context, step: int) -> None:
+    """Tell the loader the curriculum's stage of every batch it may start before the next step's call: step
+    ``k``'s micro-batches are this rank's next batches (``micro_batches`` per step), so the stage a batch is built
+    with depends on its index only (not on how far the workers ran ahead, which varies run to run)."""
+    mb, g = ctx.engine.micro_batches, ctx.control.g  # g: batches handed out so far (step * mb)
+    last = min(ctx.train.steps - 1, step + 1 + -(-ctx.control.max_ahead // mb))
+    changes: list[tuple[int, Stage]] = []
+    for k in range(step, max(step, last) + 1):
+        stage = ctx.curriculum(k)
+        if not changes or not stage.same_shape(changes[-1][1]):
+            changes.append((g + (k - step) * mb, stage))
+    if not ctx.control.announce(changes):
+        ctx.log.warning(f"step {step}: the loader had started batches past a curriculum change before it was "
+                        f"announced; the change applies a few batches late")
+
+
 def _update_stage(ctx: Context, state: RunState) -> Stage:
     stage = ctx.curriculum(state.step)
-    if ctx.stage is None or not stage.same_shape(ctx.stage):
-        ctx.control.set_stage(stage)
+    announce_stages(ctx, state.step)
     if ctx.stage is None or ctx.stage.name != stage.name:
         if ctx.stage is not None:
             prev = state.stage_stats.get(ctx.stage.name)
@@ -287,7 +316,8 @@ def run_loop(ctx: Context, state: RunState) -> str:
                 f"checkpoint is intact: lower train.lr, check the data, or resume with --resume auto.")
         ctx.faults.after_step()
         if m["stop"]:
-            ctx.log.info(f"stop requested (signal): saving at step {state.step}")
+            here = ", ".join(getattr(ctx.stopper, "received", [])) or "none here, another rank's"
+            ctx.log.info(f"stop requested (signal: {here}): saving at step {state.step}")
             save_checkpoint(ctx, state)
             return "stopped"
         if evalc.every and state.step % evalc.every == 0 and state.step < train.steps:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import socket
 import warnings
 
 from mmvit import checkpoint as ckpt
@@ -52,34 +52,16 @@ def read_config(args: argparse.Namespace):
     return cfg
 
 
-class StopFlag:
-    """SIGTERM or SIGINT asks for a checkpoint at the end of the current step; a second SIGINT (Ctrl-C twice)
-    stops at once. Repeated SIGTERMs only repeat the request: DeepSpeed's launcher answers Ctrl-C by sending
-    SIGTERM to ranks that already got the SIGINT."""
-
-    def __init__(self):
-        self.requested = False
-        self.interrupts = 0
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        if signum == signal.SIGINT:
-            self.interrupts += 1
-            if self.interrupts > 1:
-                raise KeyboardInterrupt("second Ctrl-C: stopping without a checkpoint")
-
-    def __call__(self) -> bool:
-        return self.requested
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     # DeepSpeed 0.19.8's ZeRO calls a torch collective that torch 2.13 deprecates, once per step and rank.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
     cfg = read_config(args)
     train, evalc, export = parse(cfg)
+    # Stop signals only set a flag from here on (also during start-up); mmvit/train/preempt.py.
+    from mmvit.train.preempt import Stopper
+
+    stopper = Stopper(train.stop_timeout_s)
 
     import mmvit
     from mmvit import dist
@@ -101,7 +83,11 @@ def main(argv=None) -> int:
     from mmvit.train.runlog import RunLog
 
     # Processes, device and resume target (rank 0 decides, so all ranks load the same folder).
+    rng.prepare_deterministic_env(train.deterministic)  # before CUDA initialises
     rank, world_size, _ = ds.start(train.dist_timeout_min)
+    hosts = dist.all_gather_object(socket.gethostname())
+    threads = train.threads or rng.default_threads(hosts.count(socket.gethostname()))
+    rng.configure(train.deterministic, threads)
     run_dir = os.path.abspath(cfg["run_dir"])
     ckpt_dir = os.path.join(run_dir, ckpt.CHECKPOINTS_DIR)
     resume = dist.all_gather_object(ckpt.resolve_resume(args.resume, ckpt_dir) if rank == 0 else None)[0]
@@ -170,6 +156,7 @@ def main(argv=None) -> int:
 
     log = RunLog(run_dir, rank=rank, start_step=state.step, total_steps=train.steps, progress=train.progress,
                  fresh=resume is None)
+    stopper.log = log.logger
     if rank == 0:
         cfg.dump(os.path.join(run_dir, ckpt.CONFIG_NAME))
         if tables is not None:
@@ -178,7 +165,8 @@ def main(argv=None) -> int:
             json.dump(plan(curriculum, train.steps), f)
     log.info(f"{world_size} rank(s) on {ds.device()}, ZeRO stage {engine.zero_stage}, {engine.precision} "
              f"({precision_why}), "
-             f"{engine.micro_batches} micro-batch(es) per rank per step, {n_params / 1e6:.2f}M parameters; "
+             f"{engine.micro_batches} micro-batch(es) per rank per step, {n_params / 1e6:.2f}M parameters, "
+             f"{threads} thread(s) per rank{', deterministic algorithms' if train.deterministic else ''}; "
              f"run dir {run_dir}")
     report = getattr(model, "pretrained_report", None)
     if report is not None:
@@ -195,7 +183,8 @@ def main(argv=None) -> int:
 
     ctx = Context(cfg=cfg, train=train, evalc=evalc, engine=engine, curriculum=curriculum, loader=loader,
                   control=control, ema=ema, log=log, faults=Faults(train.faults, rank), rank=rank,
-                  world_size=world_size, run_dir=run_dir, device=ds.device(), seed=seed, stop_requested=StopFlag(),
+                  world_size=world_size, run_dir=run_dir, device=ds.device(), seed=seed, stop_requested=stopper,
+                  stopper=stopper,
                   classes=None if tables is None else tables.to_json(), tables=tables)
     try:
         outcome = run_loop(ctx, state)
@@ -206,14 +195,19 @@ def main(argv=None) -> int:
         log.record("event", state.step, event=outcome, skipped_total=state.skipped,
                    data_stats={k: v for k, v in stats.items() if isinstance(v, (int, float))})
         log.info(f"{outcome} at step {state.step}; {state.skipped} step(s) skipped; data: {stats}")
+        if outcome == "stopped" and rank != 0:  # rank 0 said so above; one line per rank shows all got there
+            log.warning(f"stopped at step {state.step} (signals here: {', '.join(stopper.received) or 'none'}); "
+                        f"checkpoint saved, exiting 0")
         code = 0
     except NonFiniteLossError as e:
         log.record("event", state.step, event="aborted", reason=str(e))
         log.warning(f"ABORTED: {e}")
         code = EXIT_NONFINITE
     finally:
+        loader.shutdown()  # the workers ignore the stop signals: this rank ends them
         log.close()
     if code == 0:
         dist.barrier()
     ds.stop()
+    stopper.finish()
     return code

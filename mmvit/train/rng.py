@@ -7,6 +7,7 @@ never stopped. (Data randomness is counter-based and lives in the loader's own s
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -44,3 +45,34 @@ def pick_rank_state(states: list[Any] | None, rank: int, world_size: int) -> tup
     if len(states) == world_size:
         return states[rank], True
     return states[min(rank, len(states) - 1)], False
+
+
+# -- reproducibility settings -------------------------------------------------------------------------------
+
+def prepare_deterministic_env(deterministic: bool) -> None:
+    """Before CUDA initialises: cuBLAS needs a fixed workspace to give the same bits run to run
+    (https://docs.nvidia.com/cuda/cublas/#results-reproducibility); torch refuses deterministic mode on
+    GPUs without it."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def default_threads(ranks_on_host: int) -> int:
+    """Intra-op threads per rank so that all ranks of a host together use at most its (allowed) cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, ranks_on_host))
+
+
+def configure(deterministic: bool, threads: int) -> None:
+    """Thread count (a reduction split over another number of threads rounds differently) and, when
+    ``deterministic``, torch's deterministic kernels. ``fill_uninitialized_memory`` is turned off: it costs a
+    fill of every ``torch.empty`` and mmvit never reads memory it did not write."""
+    torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
