@@ -351,12 +351,17 @@ class _Worker:
                            skip_counts=self.counter.state())
 
     def _select_masked(self, plans: dict, chosen: list) -> list:
-        """Masked pretraining: skip (and count) examples of a single token, then choose for both packings."""
+        """Masked pretraining: skip (and count) examples that cannot be packed masked (a single token, or more
+        visible tokens than an encoder row holds), then choose for both packings."""
         cfg = self.cfg
-        for w in [w for w in self.waiting if plans[w.draw.j].visible is None]:
-            self.waiting.remove(w)
-            self._fail(BadSample("other", w.draw.item.path, f"{plans[w.draw.j].tokens} token at this size and "
-                                 f"patch: nothing to mask"), w.draw, admitted=True)
+        for w in list(self.waiting):
+            p = plans[w.draw.j]
+            why = (f"{p.tokens} token at this size and patch: nothing to mask" if p.visible is None else
+                   f"{p.kept} visible tokens, more than seq_len={cfg.seq_len} (raise seq_len or mask more)"
+                   if p.kept > cfg.seq_len else None)
+            if why is not None:
+                self.waiting.remove(w)
+                self._fail(BadSample("other", w.draw.item.path, why), w.draw, admitted=True)
         return select_masked([(w.draw.j, plans[w.draw.j].kept, plans[w.draw.j].tokens) for w in self.waiting],
                              cfg.seq_len, cfg.batch_rows, cfg.full_seq_len, cfg.full_batch_rows, cfg.max_per_row,
                              fixed=[(c[1].kept, c[1].tokens) for c in chosen])
