@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from mmvit.data import build_loader, resolve_data_config
     from mmvit.data.classes import resolve_class_tables, task_configs, with_tables
     from mmvit.objectives import build_objective
-    from mmvit.objectives.base import objective_type
+    from mmvit.objectives.base import objective_type, restore_frozen
     from mmvit.registry import OBJECTIVES
     from mmvit.pretrained import apply_init_from
     from mmvit.train import engine as ds
@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     state, client = RunState(), {}
     if resume is not None:
         client = engine.load(resume)
+        if universal:  # DeepSpeed restores only the optimised parameters from a universal checkpoint
+            restore_frozen(engine.module, resume)
         state = RunState(**client["run_state"])
         if ema is not None and client.get("ema") is not None:
             ema.load_state_dict(client["ema"])
