@@ -173,7 +173,7 @@ def train_step(ctx: Context, state: RunState, it_holder: list) -> dict:
 
 def run_validation(ctx: Context, state: RunState) -> None:
     """Evaluate on ``eval.split`` (and with the EMA weights), log one ``eval`` record on rank 0."""
-    if not ctx.engine.module.uses_labels:  # pretraining: evaluate the export with probes (tools/probe.py)
+    if not ctx.engine.module.uses_labels:  # pretraining has no labels to score: probe the exported encoder
         return
     model = ctx.engine.module.model
     kw = {"seed": ctx.seed, "device": ctx.device, "dtype": ctx.engine.dtype, "dummy_batch": ctx.dummy_batch,
