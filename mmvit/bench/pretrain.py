@@ -69,7 +69,7 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0) -> Report:
     else:
         enc = {"width": 192, "depth": 4, "heads": 3, "mlp_dim": 768, "patch_size": 16}
         dec = {"width": 128, "depth": 2, "heads": 4, "mlp_dim": 512}
-        n_images, n_videos, frames, side, seq_len, square = 48, 8, 8, (64, 256), 1024, 2048
+        n_images, n_videos, frames, side, seq_len, square = 24, 4, 8, (64, 256), 1024, 2048
     p = enc["patch_size"]
     ps = (2, p, p)
     images = make_images(sample_sizes(n_images, seed=seed + 2, side=side, patch=p), seed=seed)
@@ -129,7 +129,7 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0) -> Report:
     a = torch.randn(square, square)
     wm = torch.randn(square, square)
     variants["matmul peak"] = lambda: [a @ wm for _ in range(3)]
-    times = interleaved(variants, warmup=1, repeats=repeats, budget_s=150.0 if not tiny else None)
+    times = interleaved(variants, warmup=1, repeats=repeats, budget_s=90.0 if not tiny else None)
     peak_times = times.pop("matmul peak")
     peak = 3 * 2 * square**3 / median(peak_times)
     report.params["rounds"] = len(peak_times)
