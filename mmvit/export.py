@@ -79,6 +79,32 @@ def _match_keys(weights: dict[str, torch.Tensor], expected: set[str]) -> dict[st
     return weights
 
 
+def objective_weights(weights: dict[str, torch.Tensor], cfg: dict, model, states: dict | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """The exported model's weights out of a checkpoint of the whole objective: for a pretraining objective
+    (``mae``: the encoder; ``jepa``: the target encoder) the keys under its :meth:`export_prefix`, with the
+    prefix removed; the weights as they are otherwise (``classification``: ``_match_keys`` strips ``model.``).
+
+    ZeRO 1 keeps no copy of frozen parameters (JEPA's target encoder, the unused pooling) in its optimizer
+    shards, which is where ``zero_to_fp32`` reads: they are taken from the module state of ``states`` (ZeRO 0-2
+    store them whole there; ZeRO 3 stores them as frozen fragments, which ``zero_to_fp32`` does read).
+    """
+    from mmvit.objectives.base import build_objective, objective_type
+
+    if objective_type(cfg.get("objective")) == "classification":
+        return weights
+    prefix = build_objective(cfg.get("objective"), model).export_prefix()
+    module = (states or {}).get("module") or {}
+    weights = {**{k: v.float() if v.is_floating_point() else v for k, v in module.items()
+                  if k not in weights and v.numel() > 0}, **weights}
+    out = {}
+    for key, value in weights.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key.startswith(prefix):
+            out[key[len(prefix):]] = value
+    return out
+
+
 def export(checkpoint: str, out: str, *, tag: str | None = None, config: str | None = None,
            dtype: Literal["float32", "bfloat16", "float16"] = "float32") -> ExportResult:
     """Write ``out/model.safetensors`` and ``out/config.yaml`` from a DeepSpeed checkpoint.
@@ -122,7 +148,7 @@ def export(checkpoint: str, out: str, *, tag: str | None = None, config: str | N
     import_modules(cfg.get("imports") or [])   # user components named by the config
     model = build_model(cfg)
     expected = set(model.state_dict())
-    weights = _match_keys(weights, expected)
+    weights = _match_keys(objective_weights(weights, cfg, build_model(cfg), states), expected)
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
         raise KeyError(f"{tag_dir}: the weights do not match the model of the config ({cfg_source}); "

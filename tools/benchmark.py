@@ -3,6 +3,7 @@
     python tools/benchmark.py all --out bench.json          # everything, about 4 min on 2 CPU cores
     python tools/benchmark.py {pack,attention,step,loader,decode,gpu} [--tiny] [--threads N] [--repeats N]
     python tools/benchmark.py step --precision fp32,bf16 [--widths 192,384,768]   # bf16 against fp32
+    python tools/benchmark.py pretrain [--tiny]    # MAE at mask ratios 0 / 0.75 / 0.9 and JEPA vs supervised
 
 Each subcommand runs its variants in one process on the same inputs, after warm-up, in interleaved rounds,
 and reports medians and ratios as markdown tables on stdout (and, with --out, as JSON with the machine).
@@ -45,6 +46,9 @@ def run_one(name: str, args: argparse.Namespace) -> Report:
     if name == "step":
         from mmvit.bench import step
         return step.run(**kw, peers_enabled=not args.no_peers)
+    if name == "pretrain":
+        from mmvit.bench import pretrain
+        return pretrain.run(**kw)
     if name == "loader":
         from mmvit.bench import io
         return io.run_loader(**kw, data_dir=args.data)
@@ -58,7 +62,7 @@ def run_one(name: str, args: argparse.Namespace) -> Report:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=(*NAMES, "all"), help="benchmark to run; 'all' runs each in turn")
+    parser.add_argument("what", choices=(*NAMES, "pretrain", "all"), help="benchmark to run; 'all' runs each in turn")
     parser.add_argument("--out", help="write the results (and the machine) to this JSON file")
     parser.add_argument("--md", help="also write the tables as markdown to this file (for docs/benchmarks.md)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, for a smoke test in seconds")

@@ -62,6 +62,31 @@ class Objective(nn.Module):
         return next(name for name, m in self.named_modules() if m is target) + "."
 
 
+@torch.no_grad()
+def restore_frozen(module: nn.Module, tag_dir: str) -> list[str]:
+    """Copy the frozen parameters (``requires_grad=False``: JEPA's target encoder, an encoder's unused pooling)
+    from the module state saved in ``tag_dir`` into ``module``; returns their names.
+
+    A universal checkpoint (DeepSpeed's ds_to_universal) holds the optimizer's parameters only, and DeepSpeed
+    does not load the module state when it resumes from one, so without this a frozen submodule would restart
+    from its initial values. ZeRO 0-2 save frozen parameters whole in the module state; a ZeRO-3 save holds
+    placeholders there, which raise here.
+    """
+    from mmvit import checkpoint as ckpt
+
+    frozen = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
+    if not frozen:
+        return []
+    saved = ckpt.client_state(tag_dir).get("module") or {}
+    for name, p in frozen:
+        value = saved.get(name)
+        if value is None or tuple(value.shape) != tuple(p.shape) or hasattr(p, "ds_tensor"):
+            raise ValueError(f"{tag_dir}: no whole saved value of the frozen parameter {name!r} (a universal "
+                             f"checkpoint made from a ZeRO-3 run keeps none); resume from the original checkpoint")
+        p.copy_(value.to(p.dtype))
+    return [n for n, _ in frozen]
+
+
 def objective_type(cfg: Mapping | None) -> str:
     return str((cfg or {}).get("type", "classification"))
 

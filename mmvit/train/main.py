@@ -8,6 +8,7 @@ data -> loop -> export. ``tools/train.py`` calls :func:`main`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     from mmvit.data import build_loader, resolve_data_config
     from mmvit.data.classes import resolve_class_tables, task_configs, with_tables
     from mmvit.objectives import build_objective
-    from mmvit.objectives.base import objective_type
+    from mmvit.objectives.base import objective_type, restore_frozen
     from mmvit.registry import OBJECTIVES
     from mmvit.pretrained import apply_init_from
     from mmvit.train import engine as ds
@@ -137,6 +138,8 @@ def main(argv=None) -> int:
     state, client = RunState(), {}
     if resume is not None:
         client = engine.load(resume)
+        if universal:  # DeepSpeed restores only the optimised parameters from a universal checkpoint
+            restore_frozen(engine.module, resume)
         state = RunState(**client["run_state"])
         if ema is not None and client.get("ema") is not None:
             ema.load_state_dict(client["ema"])
@@ -146,10 +149,15 @@ def main(argv=None) -> int:
 
     # Curriculum and data.
     data_cfg = cfg.to_dict()["data"]
+    if getattr(objective, "mask", None) is not None:  # masked pretraining: the loader workers plan the masks
+        if data_cfg.get("mask") is not None:
+            raise SystemExit("data.mask is set from objective.mask: give the mask there only")
+        data_cfg["mask"] = dataclasses.asdict(objective.mask)
     curriculum = build_curriculum(cfg.get("curriculum"), total_steps=train.steps,
                                   data=resolve_data_config(data_cfg, "train"))
     loader, control = build_loader(data_cfg, split="train", rank=rank, world_size=world_size, seed=seed,
-                                   stage=curriculum(state.step), train=True, tables=tables)
+                                   stage=curriculum(state.step), train=True,
+                                   tables=tables if tables is not None else resolve_class_tables(cfg))  # labels unused
     if client.get("data"):
         data_state, _ = rng.pick_rank_state(client["data"], rank, world_size)
         control.load_state_dict(data_state)
