@@ -11,6 +11,7 @@ import mmvit.models.layout as layout_mod
 from mmvit.packing import as_video, grid_coords, patchify
 from mmvit.pretrain import JEPA, MAE, MaskConfig, pack_masked, plan_masks
 from mmvit.pretrain.objectives import norm_pix
+from mmvit.models.build import build_model
 from mmvit.train.engine import param_groups
 
 PS = (2, 8, 8)
@@ -24,9 +25,16 @@ def _cfg(backend="segments", objective="mae"):
     return {"encoder": enc, ("decoder" if objective == "mae" else "predictor"): dec}
 
 
+def _build(objective, cfg, **extra):
+    """The objective around an encoder built from ``cfg["encoder"]`` (as the trainer builds ``model:``)."""
+    cfg = dict(cfg)
+    enc = build_model(cfg.pop("encoder"))
+    return (MAE if objective == "mae" else JEPA)(enc, **cfg, **extra)
+
+
 def _model(objective, backend="segments"):
     torch.manual_seed(0)
-    model = MAE(**_cfg(backend, "mae")) if objective == "mae" else JEPA(**_cfg(backend, "jepa"))
+    model = _build(objective, _cfg(backend, objective))
     if objective == "jepa":
         with torch.no_grad():  # a target encoder unlike the context encoder, as after some EMA steps
             for p in model.target_encoder.parameters():
@@ -77,7 +85,7 @@ def _ref_loss(model, sample, visible):
     n = len(pixels)
     coords, g = grid_coords(grid), torch.tensor(grid)
     dec = model.decoder if isinstance(model, MAE) else model.predictor
-    ctx = _ref_encode(model.encoder, pixels, coords, grid, visible)
+    ctx = _ref_encode(model.model, pixels, coords, grid, visible)
     y = dec.mask_token.expand(n, -1).clone()
     y[visible] = dec.embed(ctx)
     y = y + dec.pos_embed(coords, g.expand(n, 3), torch.zeros(n, dtype=torch.long), g[None])
@@ -120,7 +128,7 @@ def test_mae_targets_are_the_masked_pixels_normalised_per_patch():
     model = _model("mae")
     pred = model.predict(batch)
     target = model.targets(batch, pred.slots)
-    raw = MAE(**_cfg(), norm_pix_loss=False).targets(batch, pred.slots)
+    raw = _build("mae", _cfg(), norm_pix_loss=False).targets(batch, pred.slots)
     rows = 0
     for e in range(batch.num_examples):
         i = batch.example_ids[e].item()
@@ -144,12 +152,13 @@ def test_loss_matches_a_slow_per_example_reference(objective):
     batch = pack_masked(samples, visible, patch_size=PS, seq_len=24, full_seq_len=24)
     model = _model(objective)
     out = model(batch)
-    assert out.losses.shape == out.weights.shape == (len(samples),)
+    weights = model.token_weights(batch)
+    assert out.losses.shape == weights.shape == (len(samples),)
     for e, i in enumerate(batch.example_ids.tolist()):
         ref = _ref_loss(model, samples[i], visible[i])
         torch.testing.assert_close(out.losses[e], ref, rtol=1e-5, atol=1e-5)
         n = int(np.prod(batch.grid[e].tolist()))
-        assert out.weights[e].item() == n - len(visible[i])
+        assert weights[e].item() == n - len(visible[i])
 
 
 def _loss_and_grads(model, samples, visible, index, seq_len, full_seq_len):
@@ -165,7 +174,7 @@ def _loss_and_grads(model, samples, visible, index, seq_len, full_seq_len):
         rows, pos = torch.nonzero(b.segment_ids == ex + 1, as_tuple=True)
         return int(rows[0]), int(pos[0])
 
-    return out.losses[e].detach(), out.weights[e].item(), grads, (where(batch, e), where(batch.full, f))
+    return out.losses[e].detach(), model.token_weights(batch)[e].item(), grads, (where(batch, e), where(batch.full, f))
 
 
 def _isolation(objective, backend, kind):
@@ -217,23 +226,25 @@ def test_jepa_target_encoder_gets_no_gradient_and_no_optimizer():
     model(batch).losses.sum().backward()
     target_params = {id(p) for p in model.target_encoder.parameters()}
     assert all(not p.requires_grad and p.grad is None for p in model.target_encoder.parameters())
-    assert all(model.encoder.get_parameter(n).grad is not None for n, _ in model.encoder.named_parameters()
-               if not n.startswith("pool."))   # the MAP pool is unused in pretraining
+    # Every optimised parameter of the context encoder gets a gradient; the MAP pool (unused) is frozen.
+    for n, p in model.model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad == (not n.startswith("pool.")), n
     optimised = {id(p) for g in param_groups(model, 0.05) for p in g["params"]}
     assert optimised and not optimised & target_params
     # Checkpoints hold the target encoder (it is part of the module's state).
     assert any(k.startswith("target_encoder.") for k in model.state_dict())
-    assert model.export_encoder() is model.target_encoder
-    assert _model("mae").export_encoder() is not None
+    assert model.export_model() is model.target_encoder and model.export_prefix() == "target_encoder."
+    mae = _model("mae")
+    assert mae.export_model() is mae.model and mae.export_prefix() == "model."
     # train() keeps the target encoder in eval mode.
     model.train()
-    assert model.encoder.training and not model.target_encoder.training
+    assert model.model.training and not model.target_encoder.training
 
 
 def test_jepa_ema_update_and_momentum_schedule():
     model = _model("jepa")
     before = {n: p.detach().clone() for n, p in model.target_encoder.named_parameters()}
-    online = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
+    online = {n: p.detach().clone() for n, p in model.model.named_parameters()}
     model.update_target(0.9)
     for n, p in model.target_encoder.named_parameters():
         torch.testing.assert_close(p, 0.9 * before[n] + 0.1 * online[n])
@@ -262,6 +273,6 @@ def test_objectives_check_their_input():
     with pytest.raises(ValueError, match="patch size"):
         _model("mae")(b)
     with pytest.raises(ValueError, match="num_classes"):
-        MAE(encoder={**_cfg()["encoder"], "num_classes": 10})
+        _build("mae", {"encoder": {**_cfg()["encoder"], "num_classes": 10}})
     with pytest.raises(KeyError, match="decoder"):
-        MAE(encoder=_cfg()["encoder"], decodr={})
+        _build("mae", {"encoder": _cfg()["encoder"], "decodr": {}})

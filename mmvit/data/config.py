@@ -67,6 +67,12 @@ class DataConfig:
     std: list[float] = dataclasses.field(default_factory=lambda: [0.229, 0.224, 0.225])
     drop_rate: DropRateConfig | float | None = None  # a constant rate, {type: constant|beta|resolution, ...}
     num_classes: int | None = num(None, ge=1)  # labels outside [0, num_classes) are bad samples
+    # Masked pretraining (mmvit/pretrain): a MaskConfig, filled in by the trainer from objective.mask (mae,
+    # jepa). Each batch is then two packings of the same examples: the visible tokens in [batch_rows, seq_len]
+    # and all tokens in [full_batch_rows, full_seq_len] (the decoder's / target encoder's).
+    mask: dict | None = None
+    full_seq_len: int | None = num(None, ge=1)     # None: seq_len
+    full_batch_rows: int | None = num(None, ge=1)  # needed with a mask: ~ batch_rows*seq_len/full_seq_len/(1-ratio)
     # Workers.
     num_workers: int = num(2, ge=0)
     persistent_workers: bool = True
@@ -87,6 +93,20 @@ class DataConfig:
             raise ValueError("data.patch_sizes needs at least one patch size")
         self.patch_list()  # validates
         make_rate_fn(self.drop_rate, "data.drop_rate")
+        if self.mask is not None:
+            from mmvit.pretrain.masking import MaskConfig
+
+            MaskConfig.from_dict(self.mask)  # a bad mask raises here, not in a loader worker
+            if make_rate_fn(self.drop_rate) is not None:
+                raise ValueError("data.drop_rate with a mask (masked pretraining): the mask already chooses the "
+                                 "tokens the encoder sees; remove drop_rate")
+            if self.full_seq_len is None:
+                self.full_seq_len = self.seq_len
+            if self.full_batch_rows is None:
+                raise ValueError(f"data.full_batch_rows is not set: masked pretraining packs all tokens of a batch's "
+                                 f"examples into [full_batch_rows, full_seq_len={self.full_seq_len}]; about "
+                                 f"batch_rows * seq_len / full_seq_len / (1 - mask ratio) rows, e.g. "
+                                 f"{-(-self.batch_rows * self.seq_len * 4 // self.full_seq_len)} at ratio 0.75")
         for i, src in enumerate(self.sources):
             if not isinstance(src, dict) or "type" not in src:
                 raise ValueError(f"data.sources[{i}] must be a mapping with a 'type', got {src!r}")
@@ -95,9 +115,16 @@ class DataConfig:
         return [as_patch_size(p, self.tubelet) for p in self.patch_sizes]
 
     @property
+    def masked(self) -> bool:
+        """Whether batches are masked-pretraining pairs (a mask is set)."""
+        return self.mask is not None
+
+    @property
     def token_cap(self) -> int:
-        """Tokens one example may have after resizing: ``min(max_tokens, seq_len)``."""
-        return min(self.max_tokens or self.seq_len, self.seq_len)
+        """Tokens one example may have after resizing: ``min(max_tokens, seq_len)``; with a mask all its
+        tokens go into a full row, ``min(max_tokens, full_seq_len)``."""
+        cap = self.full_seq_len if self.masked and self.full_seq_len else self.seq_len
+        return min(self.max_tokens or cap, cap)
 
     def full_stage(self) -> Stage:
         """The stage of the data section's own shape (what curricula call ``full``)."""

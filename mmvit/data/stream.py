@@ -10,6 +10,11 @@ One worker, per batch:
 4. decode the chosen (bad ones are skipped and counted; the holes are refilled), resize, normalize, and
    ``mmvit.pack`` them with the planned drop rates into exactly ``[batch_rows, seq_len]``.
 
+With ``data.mask`` (masked pretraining) step 2 also plans each example's mask (its visible tokens, from the
+same per-example RNG, so a batch is reproducible from the seed), step 3 chooses examples whose visible tokens
+fill ``[batch_rows, seq_len]`` and whose full grids fill ``[full_batch_rows, full_seq_len]``
+(``packer.select_masked``), and step 4 packs both with :func:`mmvit.pretrain.pack_masked` (``batch.full``).
+
 Batches are numbered per rank; in training worker ``w`` builds batches ``i`` with ``i % num_workers`` equal
 to its role, which is the order in which the DataLoader collects them, and stops at ``batches_per_epoch``
 (every rank yields the same number). Each batch carries the worker's state after building it: where the
@@ -33,7 +38,7 @@ from mmvit.data.control import SharedState
 from mmvit.data.draws import Draw, Mixer
 from mmvit.data.errors import BadSample, SkipCounter, TooManyBadSamples
 from mmvit.data.frames import sample_frames
-from mmvit.data.packer import select_examples
+from mmvit.data.packer import select_examples, select_masked
 from mmvit.data.readers.geometry import decode_plan, shared_decode_plan
 from mmvit.data.readers.image import decode_image, probe_image
 from mmvit.data.readers.video import VideoDecoder
@@ -41,6 +46,8 @@ from mmvit.data.rng import Purpose, rng
 from mmvit.data.sources.base import Source
 from mmvit.data.stage import Stage, make_stage, plan_tokens
 from mmvit.packing import PackedBatch, PatchSize, pack
+from mmvit.pretrain.masking import MaskConfig, mask_rng, plan_mask
+from mmvit.pretrain.pack import pack_masked
 from mmvit.token_drop import make_rate_fn, num_kept
 
 
@@ -88,6 +95,7 @@ class ExamplePlan:
     kept: int        # after dropping
     rate: float
     frame_seed: int
+    visible: torch.Tensor | None = None  # masked pretraining: sorted visible token indices (None: unmasked)
 
 
 class _Worker:
@@ -104,6 +112,7 @@ class _Worker:
         self.exhausted = False
         self.bad_run = 0  # bad draws in a row: an endless stream of nothing but bad samples must end
         self.rate_fn = make_rate_fn(self.cfg.drop_rate) if ds.train else None
+        self.mask = MaskConfig.from_dict(self.cfg.mask) if self.cfg.masked else None
         self.view_cache: collections.OrderedDict = collections.OrderedDict()  # multi-view decodes being served
         self.augment = self.cfg.augment
 
@@ -205,7 +214,16 @@ class _Worker:
             gen = torch.Generator().manual_seed(int(r.integers(2**62)))
             rate = float(self.rate_fn(tokens, gen))
             kept = num_kept(tokens, rate)
-        return ExamplePlan(box, flip, size, frames, tokens, kept, rate, frame_seed)
+        visible = None
+        if self.mask is not None:
+            # Drawn last, so the other draws are those of the unmasked plan.
+            seed = int(r.integers(2**62))
+            if tokens >= 2:  # a single token cannot be split into visible and masked (next_batch skips it)
+                grid = (tokens // ((size[0] // patch[1]) * (size[1] // patch[2])), size[0] // patch[1],
+                        size[1] // patch[2])
+                visible = plan_mask(grid, item.kind, self.mask, mask_rng(seed))
+                kept = int(visible.numel())
+        return ExamplePlan(box, flip, size, frames, tokens, kept, rate, frame_seed, visible)
 
     # --- decoding ------------------------------------------------------------------------------------------
     def frame_indices(self, w: Waiting, plan: ExamplePlan, t_view: int) -> tuple[list[int], int]:
@@ -286,8 +304,11 @@ class _Worker:
             if not self.waiting:
                 break
             plans = {w.draw.j: self.plan(w, stage, patch) for w in self.waiting}
-            keys = select_examples([(w.draw.j, plans[w.draw.j].kept) for w in self.waiting], cfg.seq_len,
-                                   cfg.batch_rows, cfg.max_per_row, fixed=[c[1].kept for c in chosen])
+            if self.mask is not None:
+                keys = self._select_masked(plans, chosen)
+            else:
+                keys = select_examples([(w.draw.j, plans[w.draw.j].kept) for w in self.waiting], cfg.seq_len,
+                                       cfg.batch_rows, cfg.max_per_row, fixed=[c[1].kept for c in chosen])
             if not keys:
                 break
             picked = set(keys)
@@ -314,14 +335,31 @@ class _Worker:
         gen = torch.Generator().manual_seed(int(rng(Purpose.PACK, self.ds.seed, self.ds.rank, g).integers(2**62)))
         for c in chosen:
             c[3]["stage_id"] = stage_id
-        batch = pack([c[2] for c in chosen], patch_size=patch, seq_len=cfg.seq_len, max_per_row=cfg.max_per_row,
-                     drop_rate=drop, generator=gen,
-                     labels=[-1 if c[0].draw.item.label is None else c[0].draw.item.label for c in chosen],
-                     tasks=[self.ds.tasks.index(c[3]["task"]) for c in chosen], meta=[c[3] for c in chosen],
-                     num_rows=cfg.batch_rows)
+        labels = [-1 if c[0].draw.item.label is None else c[0].draw.item.label for c in chosen]
+        tasks = [self.ds.tasks.index(c[3]["task"]) for c in chosen]
+        if self.mask is not None:
+            batch = pack_masked([c[2] for c in chosen], [c[1].visible for c in chosen], patch_size=patch,
+                                seq_len=cfg.seq_len, num_rows=cfg.batch_rows, full_seq_len=cfg.full_seq_len,
+                                full_rows=cfg.full_batch_rows, labels=labels, tasks=tasks,
+                                meta=[c[3] for c in chosen], max_per_row=cfg.max_per_row)
+        else:
+            batch = pack([c[2] for c in chosen], patch_size=patch, seq_len=cfg.seq_len, max_per_row=cfg.max_per_row,
+                         drop_rate=drop, generator=gen, labels=labels, tasks=tasks, meta=[c[3] for c in chosen],
+                         num_rows=cfg.batch_rows)
         fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(PackedBatch)}
         return StreamBatch(**fields, index=g, stage_id=stage_id, role=self.role, worker_state=self.state(),
                            skip_counts=self.counter.state())
+
+    def _select_masked(self, plans: dict, chosen: list) -> list:
+        """Masked pretraining: skip (and count) examples of a single token, then choose for both packings."""
+        cfg = self.cfg
+        for w in [w for w in self.waiting if plans[w.draw.j].visible is None]:
+            self.waiting.remove(w)
+            self._fail(BadSample("other", w.draw.item.path, f"{plans[w.draw.j].tokens} token at this size and "
+                                 f"patch: nothing to mask"), w.draw, admitted=True)
+        return select_masked([(w.draw.j, plans[w.draw.j].kept, plans[w.draw.j].tokens) for w in self.waiting],
+                             cfg.seq_len, cfg.batch_rows, cfg.full_seq_len, cfg.full_batch_rows, cfg.max_per_row,
+                             fixed=[(c[1].kept, c[1].tokens) for c in chosen])
 
     def close(self) -> None:
         self.mixer.close()

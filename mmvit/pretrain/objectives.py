@@ -1,4 +1,5 @@
-"""Pretraining objectives without labels over packed images and videos: MAE and JEPA.
+"""Pretraining objectives without labels over packed images and videos: ``mae`` and ``jepa`` (registry
+``OBJECTIVES``), trainer objectives like ``classification`` (:class:`mmvit.objectives.base.Objective`).
 
 - :class:`MAE` (He et al. 2022; VideoMAE, Tong et al. 2022): the encoder sees the visible tokens, the decoder
   predicts the pixels of every masked patch (or tubelet), normalised per patch (``norm_pix_loss``: MAE's
@@ -11,47 +12,56 @@
   feature width, then over the example's masked tokens. The target encoder is an exponential moving average of
   the context encoder (momentum 0.996 -> 1.0, linear over training, as V-JEPA), run on the full packing.
 
-Both return per-example losses in the parent batch's example order, with the masked-token count of each
-example as its weight, so the trainer's token-weighted global mean is MAE's mean over all masked tokens.
+The run's ``model:`` section is the encoder (``num_classes: 0``, no ``tasks``); the ``objective:`` section
+holds the rest::
+
+    objective: {type: mae, decoder: {width: 512, depth: 8, heads: 16}, mask: {video: {ratio: 0.9}}}
+
+``mask`` is a :class:`~mmvit.pretrain.masking.MaskConfig` (preset ``mae`` or ``jepa`` by default, after the
+objective); the trainer hands it to the loader workers, which plan each example's mask from its own seeded RNG
+and pack with :func:`mmvit.pretrain.pack_masked`.
+
+Losses come per example in the parent batch's example order; :meth:`token_weights` is each example's masked
+token count (known from the batch before the forward), so ``train.loss_norm: tokens`` makes the trainer's
+global mean MAE's mean over all masked tokens of the step. The encoder's pooling (and ``fc_norm``) take no part
+in token outputs; they are frozen so that every optimised parameter gets a gradient on every rank.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvit.config import from_dict
+from mmvit.objectives.base import Objective, ObjectiveOutput
 from mmvit.packing import PackedBatch
 from mmvit.pretrain.decoder import MaskedPredictor, Predictions
+from mmvit.pretrain.masking import MaskConfig
 from mmvit.pretrain.pack import masked_fraction
+from mmvit.registry import OBJECTIVES
+
+logger = logging.getLogger("mmvit.pretrain")
+
+# Encoder parts that forward_tokens never reaches (pooling, the norm before the head).
+UNUSED_PREFIXES = ("pool.", "fc_norm.")
 
 
-@dataclasses.dataclass
-class ObjectiveOutput:
-    """Attributes:
-        losses: ``[E]`` fp32 per-example losses, in the parent batch's example order.
-        weights: ``[E]`` masked tokens of each example (for a token-weighted mean).
-        metrics: detached scalars to log.
-    """
-
-    losses: torch.Tensor
-    weights: torch.Tensor
-    metrics: dict[str, torch.Tensor]
-
-
-def _build_encoder(cfg: dict, device, dtype) -> nn.Module:
-    from mmvit.models.build import build_model
-
-    encoder = build_model(dict(cfg), device=device, dtype=dtype)
-    if getattr(encoder, "head", None) is not None:
-        raise ValueError("the pretraining encoder must be built with num_classes: 0 (no head)")
-    if not hasattr(encoder, "forward_tokens"):
-        raise TypeError(f"{type(encoder).__name__} has no forward_tokens(batch); pretraining needs token outputs")
-    return encoder
+def check_encoder(model: nn.Module) -> nn.Module:
+    """The run's model as a pretraining encoder: no head, token outputs; its unused parts frozen."""
+    if getattr(model, "head", None) is not None or getattr(model, "task_heads", None) is not None:
+        raise ValueError("the pretraining encoder (the model: section) must have no head: set num_classes: 0 and "
+                         "no tasks (fine-tune with a head later through model.init_from)")
+    if not hasattr(model, "forward_tokens"):
+        raise TypeError(f"{type(model).__name__} has no forward_tokens(batch); pretraining needs token outputs")
+    for name, p in model.named_parameters():
+        if name.startswith(UNUSED_PREFIXES):
+            p.requires_grad_(False)
+    return model
 
 
 def per_example_mean(values: torch.Tensor, example: torch.Tensor, num_examples: int
@@ -60,6 +70,11 @@ def per_example_mean(values: torch.Tensor, example: torch.Tensor, num_examples: 
     count = torch.bincount(example, minlength=num_examples)
     total = torch.zeros(num_examples, dtype=values.dtype, device=values.device).index_add_(0, example, values)
     return total / count.clamp(min=1).to(values.dtype), count.to(values.dtype)
+
+
+def masked_tokens(batch: PackedBatch) -> torch.Tensor:
+    """``[E]`` masked tokens of each example (its full grid minus its visible tokens), parent order."""
+    return batch.grid.long().prod(1) - batch.lengths
 
 
 def norm_pix(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -71,50 +86,74 @@ def norm_pix(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def _check_masked(batch: PackedBatch) -> PackedBatch:
     if batch.full is None:
-        raise ValueError("a pretraining objective needs a batch from mmvit.pretrain.pack_masked (batch.full is None)")
+        raise ValueError("a pretraining objective needs a batch from mmvit.pretrain.pack_masked (batch.full is None; "
+                         "the trainer's loader packs so when the objective has a mask)")
     return batch.full
+
+
+def _mask_config(mask: dict | MaskConfig | None, preset: str) -> MaskConfig:
+    if isinstance(mask, MaskConfig):
+        return mask
+    return MaskConfig.from_dict({"preset": preset, **dict(mask or {})})
+
+
+def _param_like(model: nn.Module) -> dict:
+    p = next(model.parameters())
+    return {"device": p.device, "dtype": p.dtype}
+
+
+class _Masked(Objective):
+    """What MAE and JEPA share: the encoder (``self.model``), a mask, masked-token weights."""
+
+    uses_labels = False
+    mask: MaskConfig
+
+    def token_weights(self, batch: PackedBatch) -> torch.Tensor:
+        _check_masked(batch)
+        return masked_tokens(batch)
+
+    def _sums(self, batch: PackedBatch) -> dict[str, torch.Tensor]:
+        # Per-example sums: the loop reports sum / examples, the mean masked fraction of the step.
+        return {"masked_fraction": masked_fraction(batch).sum().detach()}
 
 
 @dataclasses.dataclass
 class MAEConfig:
-    """``encoder``: a ``model:`` section (``num_classes: 0``); ``decoder``: a :class:`PredictorConfig`."""
+    """The ``objective:`` section of ``type: mae``."""
 
-    encoder: dict
-    decoder: dict = dataclasses.field(default_factory=dict)
+    decoder: dict = dataclasses.field(default_factory=dict)   # a PredictorConfig
+    mask: dict | None = None                                   # a MaskConfig (preset mae)
     norm_pix_loss: bool = True
     norm_pix_eps: float = 1e-6  # MAE's
 
 
-class MAE(nn.Module):
-    """Masked autoencoder over packed batches; ``forward(batch) -> ObjectiveOutput``."""
+@OBJECTIVES.register("mae")
+class MAE(_Masked):
+    """Masked autoencoder over packed batches around the encoder ``model``."""
 
-    def __init__(self, device=None, dtype=None, **cfg):
+    def __init__(self, model: nn.Module, **cfg):
         super().__init__()
         self.cfg = c = from_dict(MAEConfig, cfg, "objective")
-        self.encoder = _build_encoder(c.encoder, device, dtype)
-        tok = self.encoder.tokenizer
+        self.model = check_encoder(model)
+        self.mask = _mask_config(c.mask, "mae")
+        tok = model.tokenizer
         self.patch_size = tuple(tok.base_patch_size)                   # (pt, ph, pw) the decoder predicts
         self.patch_dim = tok.in_chans * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
-        self.decoder = MaskedPredictor(self.encoder.cfg.width, self.patch_dim, device=device, dtype=dtype,
-                                       **c.decoder)
+        self.decoder = MaskedPredictor(model.cfg.width, self.patch_dim, **_param_like(model), **c.decoder)
 
     def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | \
-               {f"decoder.{n}" for n in self.decoder.no_weight_decay()}
+        return super().no_weight_decay() | {f"decoder.{n}" for n in self.decoder.no_weight_decay()}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.encoder.set_grad_checkpointing(enable)
+        self.model.set_grad_checkpointing(enable)
         self.decoder.set_grad_checkpointing(enable)
-
-    def export_encoder(self) -> nn.Module:
-        return self.encoder
 
     def predict(self, batch: PackedBatch) -> Predictions:
         full = _check_masked(batch)
         if tuple(batch.patch_size) != self.patch_size or full.patches.shape[-1] != self.patch_dim:
             raise ValueError(f"MAE predicts pixels of {self.patch_size} patches ({self.patch_dim} values); the batch "
                              f"was packed at patch size {tuple(batch.patch_size)} ({full.patches.shape[-1]} values)")
-        return self.decoder(self.encoder.forward_tokens(batch), batch)
+        return self.decoder(self.model.forward_tokens(batch), batch)
 
     def targets(self, batch: PackedBatch, slots: torch.Tensor) -> torch.Tensor:
         """``[M, P]`` fp32 pixel targets at ``slots`` of ``batch.full``."""
@@ -126,18 +165,17 @@ class MAE(nn.Module):
         pred = self.predict(batch)
         target = self.targets(batch, pred.slots)
         per_token = (pred.values.float() - target).square().mean(-1)                  # [M]
-        losses, weights = per_example_mean(per_token, pred.example, batch.num_examples)
-        metrics = {"masked_fraction": masked_fraction(batch).mean().detach()}
-        return ObjectiveOutput(losses=losses, weights=weights, metrics=metrics)
+        losses, _ = per_example_mean(per_token, pred.example, batch.num_examples)
+        return ObjectiveOutput(losses=losses, sums=self._sums(batch))
 
 
 @dataclasses.dataclass
 class JEPAConfig:
-    """``encoder``: a ``model:`` section (``num_classes: 0``); ``predictor``: a :class:`PredictorConfig`."""
+    """The ``objective:`` section of ``type: jepa``."""
 
-    encoder: dict
-    predictor: dict = dataclasses.field(default_factory=dict)
-    momentum: tuple[float, float] = (0.996, 1.0)  # I-JEPA's and V-JEPA's EMA ramp
+    predictor: dict = dataclasses.field(default_factory=dict)  # a PredictorConfig
+    mask: dict | None = None                                   # a MaskConfig (preset jepa)
+    momentum: tuple[float, float] = (0.996, 1.0)  # I-JEPA's and V-JEPA's EMA ramp over train.steps
     loss_exp: float = 1.0                          # V-JEPA: mean(|pred - target|^p) / p; 1 is L1
 
     def __post_init__(self):
@@ -149,23 +187,33 @@ class JEPAConfig:
             raise ValueError(f"objective.loss_exp must be positive, got {self.loss_exp}")
 
 
-class JEPA(nn.Module):
-    """Joint-embedding predictive pretraining over packed batches; ``forward(batch) -> ObjectiveOutput``.
+def _storage(p: torch.Tensor) -> torch.Tensor:
+    """The tensor that holds this rank's values of ``p``: under ZeRO-3 its partition (``ds_tensor``; a
+    parameter and its EMA copy have the same shape, so the same partition), else the whole tensor."""
+    return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
 
-    ``target_encoder`` lives inside the module with ``requires_grad=False``: checkpoints save and resume it with
-    the model, and an optimizer built from parameters that require gradients never sees it. Call
-    :meth:`update_target` after each applied optimizer step.
+
+@OBJECTIVES.register("jepa")
+class JEPA(_Masked):
+    """Joint-embedding predictive pretraining around the context encoder ``model``.
+
+    ``target_encoder`` is a submodule with ``requires_grad=False``: checkpoints save and resume it with the
+    rest (DeepSpeed keeps frozen parameters in its module state and, under ZeRO >= 2, as frozen fragments), and
+    the optimizer, built from parameters that require gradients, never sees it. :meth:`after_step` moves it
+    towards the context encoder after every applied step; it is what the run exports.
     """
 
-    def __init__(self, device=None, dtype=None, **cfg):
+    def __init__(self, model: nn.Module, **cfg):
         super().__init__()
         self.cfg = c = from_dict(JEPAConfig, cfg, "objective")
-        self.encoder = _build_encoder(c.encoder, device, dtype)
-        self.target_encoder = copy.deepcopy(self.encoder)
+        self.model = check_encoder(model)
+        self.mask = _mask_config(c.mask, "jepa")
+        self.target_encoder = copy.deepcopy(model)
         self.target_encoder.requires_grad_(False)
         self.target_encoder.eval()
-        width = self.encoder.cfg.width
-        self.predictor = MaskedPredictor(width, width, device=device, dtype=dtype, **c.predictor)
+        width = model.cfg.width
+        self.predictor = MaskedPredictor(width, width, **_param_like(model), **c.predictor)
+        self._warned_dtype = False
 
     def train(self, mode: bool = True) -> "JEPA":
         """The target encoder stays in eval mode (no drop-path): its features are the targets."""
@@ -174,14 +222,13 @@ class JEPA(nn.Module):
         return self
 
     def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | \
-               {f"predictor.{n}" for n in self.predictor.no_weight_decay()}
+        return super().no_weight_decay() | {f"predictor.{n}" for n in self.predictor.no_weight_decay()}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.encoder.set_grad_checkpointing(enable)
+        self.model.set_grad_checkpointing(enable)
         self.predictor.set_grad_checkpointing(enable)
 
-    def export_encoder(self) -> nn.Module:
+    def export_model(self) -> nn.Module:
         """The target encoder (V-JEPA evaluates it; it is the smoother of the two)."""
         return self.target_encoder
 
@@ -191,16 +238,25 @@ class JEPA(nn.Module):
         frac = min(max(step, 0), total_steps) / max(1, total_steps)
         return start + (end - start) * frac
 
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.update_target(self.momentum(step, total_steps))
+
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
         """``target = m * target + (1 - m) * encoder`` for every parameter and floating buffer."""
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
-        online = dict(self.encoder.named_parameters())
-        online.update({n: b for n, b in self.encoder.named_buffers() if b.dtype.is_floating_point})
+        online = dict(self.model.named_parameters())
+        online.update({n: b for n, b in self.model.named_buffers() if b.dtype.is_floating_point})
         for name, t in list(self.target_encoder.named_parameters()) + list(self.target_encoder.named_buffers()):
-            if t.dtype.is_floating_point:
-                t.mul_(momentum).add_(online[name].detach().to(t.dtype), alpha=1.0 - momentum)
+            if not t.dtype.is_floating_point:
+                continue
+            if t.dtype != torch.float32 and not self._warned_dtype:
+                self._warned_dtype = True
+                logger.warning(f"JEPA: the target encoder is in {t.dtype}; an EMA step of (1 - {momentum:.4f}) is "
+                               f"mostly rounded away at this precision (train in fp32 for JEPA)")
+            dst = _storage(t)
+            dst.mul_(momentum).add_(_storage(online[name]).detach().to(dst.dtype), alpha=1.0 - momentum)
 
     @torch.no_grad()
     def targets(self, batch: PackedBatch, slots: torch.Tensor) -> torch.Tensor:
@@ -212,13 +268,12 @@ class JEPA(nn.Module):
 
     def forward(self, batch: PackedBatch) -> ObjectiveOutput:
         _check_masked(batch)
-        pred = self.predictor(self.encoder.forward_tokens(batch), batch)
+        pred = self.predictor(self.model.forward_tokens(batch), batch)
         target = self.targets(batch, pred.slots)
         p = self.cfg.loss_exp
         per_token = (pred.values.float() - target).abs().pow(p).mean(-1) / p            # [M]
-        losses, weights = per_example_mean(per_token, pred.example, batch.num_examples)
+        losses, _ = per_example_mean(per_token, pred.example, batch.num_examples)
         values = pred.values.detach().float()
-        metrics = {"masked_fraction": masked_fraction(batch).mean().detach(),
-                   # Spread of predictions across tokens; near zero means the predictor collapsed.
-                   "pred_std": values.std(0).mean() if len(values) > 1 else values.new_zeros(())}
-        return ObjectiveOutput(losses=losses, weights=weights, metrics=metrics)
+        # Spread of predictions across tokens (near zero: the predictor collapsed), weighted by examples.
+        spread = values.std(0).mean() if len(values) > 1 else values.new_zeros(())
+        return ObjectiveOutput(losses=losses, sums={**self._sums(batch), "pred_std": spread * batch.num_examples})

@@ -87,6 +87,7 @@ def pack_masked(
     num_rows: int | None = None,
     full_rows: int | None = None,
     labels: Sequence[int] | torch.Tensor | None = None,
+    tasks: Sequence[int] | torch.Tensor | None = None,
     meta: Sequence[dict] | None = None,
     max_per_row: int | None = None,
 ) -> PackedBatch:
@@ -99,7 +100,7 @@ def pack_masked(
         patch_size, max_per_row: as in :func:`mmvit.pack`, for both packings.
         seq_len, num_rows: rows of the encoder batch.
         full_seq_len, full_rows: rows of the full batch.
-        labels, meta: per sample, carried by both batches (each in its own example order).
+        labels, tasks, meta: per sample, carried by both batches (each in its own example order).
 
     Raises:
         ValueError: a mask is not a proper subset, or an example does not fit (see :func:`mmvit.pack`).
@@ -111,9 +112,9 @@ def pack_masked(
         if v is None or not 0 < len(v) < nt * nh * nw:
             raise ValueError(f"sample {i}: a mask needs at least one visible and one masked token out of "
                              f"{nt * nh * nw}, got {None if v is None else len(v)} visible")
-    parent = pack(samples, patch_size=patch_size, seq_len=seq_len, num_rows=num_rows, labels=labels, meta=meta,
-                  max_per_row=max_per_row, keep=list(visible))
-    full = pack(samples, patch_size=patch_size, seq_len=full_seq_len, num_rows=full_rows, labels=labels,
+    parent = pack(samples, patch_size=patch_size, seq_len=seq_len, num_rows=num_rows, labels=labels, tasks=tasks,
+                  meta=meta, max_per_row=max_per_row, keep=list(visible))
+    full = pack(samples, patch_size=patch_size, seq_len=full_seq_len, num_rows=full_rows, labels=labels, tasks=tasks,
                 meta=meta, max_per_row=max_per_row)
     rank = torch.empty_like(parent.example_ids)
     rank[parent.example_ids] = torch.arange(parent.num_examples)    # input index -> parent example index

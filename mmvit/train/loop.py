@@ -80,7 +80,8 @@ class Context:
 def _to_device(batch: PackedBatch, device: torch.device, dtype: torch.dtype) -> PackedBatch:
     batch = batch.to(device, non_blocking=True)
     # DeepSpeed's bf16/fp16 modes do not cast inputs: the patches must match the weights.
-    return dataclasses.replace(batch, patches=batch.patches.to(dtype))
+    full = batch.full if batch.full is None else dataclasses.replace(batch.full, patches=batch.full.patches.to(dtype))
+    return dataclasses.replace(batch, patches=batch.patches.to(dtype), full=full)
 
 
 def _count_videos(batch: PackedBatch) -> int:
@@ -147,18 +148,22 @@ def train_step(ctx: Context, state: RunState, it_holder: list) -> dict:
     tokens = sum(b.num_tokens for b in batches)
     slots = sum(b.segment_ids.numel() for b in batches)
     videos = sum(_count_videos(b) for b in batches)
+    # Masked pretraining: the padding of the second packing (all tokens, batch.full) too.
+    full_tokens = sum(b.full.num_tokens for b in batches if b.full is not None)
+    full_slots = sum(b.full.segment_ids.numel() for b in batches if b.full is not None)
     stop = float(ctx.stop_requested())
     names = sorted(sums)
     totals = dist.all_reduce_sum(torch.tensor(
-        [float(loss_sum), examples, tokens, slots, videos, stop, *(float(sums[k]) for k in names)],
-        dtype=torch.float64, device=ctx.device)).tolist()
+        [float(loss_sum), examples, tokens, slots, videos, stop, full_tokens, full_slots,
+         *(float(sums[k]) for k in names)], dtype=torch.float64, device=ctx.device)).tolist()
     dt = time.perf_counter() - t0
     grad_norm = engine.grad_norm() if applied else None
     nan = float("nan")
     return {
         "loss": totals[0] if not step_bad else nan,
-        **{f"train_{k}": (totals[6 + i] / max(1.0, totals[1]) if not step_bad else nan) for i, k in enumerate(names)},
+        **{f"train_{k}": (totals[8 + i] / max(1.0, totals[1]) if not step_bad else nan) for i, k in enumerate(names)},
         "examples": int(totals[1]), "tokens": int(totals[2]), "padding": 1.0 - totals[2] / max(1.0, totals[3]),
+        **({"full_padding": 1.0 - totals[6] / totals[7]} if totals[7] else {}),
         "videos": int(totals[4]), "images": int(totals[1] - totals[4]),
         "examples_per_s": totals[1] / dt, "tokens_per_s": totals[2] / dt, "step_time": dt,
         "applied": applied, "nonfinite_loss": step_bad, "bad_ranks": bad_ranks, "grad_norm": grad_norm,
@@ -168,6 +173,8 @@ def train_step(ctx: Context, state: RunState, it_holder: list) -> dict:
 
 def run_validation(ctx: Context, state: RunState) -> None:
     """Evaluate on ``eval.split`` (and with the EMA weights), log one ``eval`` record on rank 0."""
+    if not ctx.engine.module.uses_labels:  # pretraining: evaluate the export with probes (tools/probe.py)
+        return
     model = ctx.engine.module.model
     kw = {"seed": ctx.seed, "device": ctx.device, "dtype": ctx.engine.dtype, "dummy_batch": ctx.dummy_batch,
           "tables": ctx.tables}

@@ -8,6 +8,7 @@ data -> loop -> export. ``tools/train.py`` calls :func:`main`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -160,10 +161,15 @@ def main(argv=None) -> int:
 
     # Curriculum and data.
     data_cfg = cfg.to_dict()["data"]
+    if getattr(objective, "mask", None) is not None:  # masked pretraining: the loader workers plan the masks
+        if data_cfg.get("mask") is not None:
+            raise SystemExit("data.mask is set from objective.mask: give the mask there only")
+        data_cfg["mask"] = dataclasses.asdict(objective.mask)
     curriculum = build_curriculum(cfg.get("curriculum"), total_steps=train.steps,
                                   data=resolve_data_config(data_cfg, "train"))
     loader, control = build_loader(data_cfg, split="train", rank=rank, world_size=world_size, seed=seed,
-                                   stage=curriculum(state.step), train=True, tables=tables)
+                                   stage=curriculum(state.step), train=True,
+                                   tables=tables if tables is not None else resolve_class_tables(cfg))  # labels unused
     if client.get("data"):
         data_state, _ = rng.pick_rank_state(client["data"], rank, world_size)
         control.load_state_dict(data_state)
