@@ -52,9 +52,11 @@ def load_encoder(spec: str, config: str | None = None, overrides: Sequence[str] 
     from mmvit.models.build import build_model
 
     name, path = parse_spec(spec)
+    if path == RANDOM_PREFIX and config is None:
+        raise ValueError("random: without a checkpoint needs --config (the architecture to build)")
     if path.startswith(RANDOM_PREFIX):
         path = path[len(RANDOM_PREFIX):]
-        if config is not None:
+        if config is not None:   # "random:" alone: the architecture of the config
             cfg = load_config(config, overrides)
         else:
             from mmvit import checkpoint as ckpt
@@ -67,7 +69,7 @@ def load_encoder(spec: str, config: str | None = None, overrides: Sequence[str] 
                                   overrides)
         torch.manual_seed(seed)
         model = build_model(cfg)
-        source = f"random (seed {seed}, architecture of {path})"
+        source = f"random (seed {seed}, architecture of {path or config})"
         name = name or "random"
     else:
         loaded = load(path, config, overrides, device=device)

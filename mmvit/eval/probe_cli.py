@@ -118,6 +118,12 @@ def probe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", action="append", required=True, metavar="[NAME=]CKPT",
                         help="an encoder (anything mmvit.load reads; random:<ckpt> for a fresh copy of its "
                              "architecture); repeat to compare encoders on the same decoded batches")
+    parser.add_argument("--data-config", default=None,
+                        help="read the splits and class tables from this config (default: the first encoder's); "
+                             "the encoders keep their own model sections")
+    parser.add_argument("--compare", default=None, metavar="NAME",
+                        help="add a comparison of encoder NAME's attentive probe with every other encoder's best "
+                             "probe, per level, kind and task, to results.json")
     parser.add_argument("--probe", nargs="+", default=["attentive", "linear", "knn"], choices=list(PROBES),
                         help="probes to run (head: the model's own classifier, for encoders that have one)")
     parser.add_argument("--labels-fraction", type=float, default=1.0,
@@ -163,8 +169,8 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
     from mmvit.eval import features as feat
     from mmvit.eval.encoders import load_encoder
     from mmvit.eval.plan import split_sources
-    from mmvit.eval.probe_run import (ProbeSettings, balanced_subset, format_table, probe_rows, subset_split,
-                                      write_results)
+    from mmvit.eval.probe_run import (ProbeSettings, balanced_subset, format_comparison, format_table, probe_rows,
+                                      subset_split, write_results)
 
     args = probe_parser().parse_args(argv)
     start = time.perf_counter()
@@ -176,7 +182,13 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
     names = [e.name for e in encoders]
     if len(set(names)) != len(names):
         raise SystemExit(f"encoder names must differ, got {names}: give them as NAME=CKPT")
-    data = encoders[0]   # its config reads the data and holds the class tables
+    data = encoders[0]   # its config reads the data and holds the class tables (or --data-config's)
+    if args.data_config:
+        from mmvit.config import load_config
+        from mmvit.eval.encoders import Encoder, run_tables
+
+        dcfg = load_config(args.data_config, overrides).to_dict()
+        data = Encoder("data", data.model, dcfg, args.data_config, run_tables(dcfg))
     tables = data.tables
     num_classes = {t: len(table) for t, table in tables.items()}
     with_head = [e.name for e in encoders if "head" in args.probe and getattr(e.model, "task_classes", None)]
@@ -234,8 +246,12 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
                 "settings": dataclasses.asdict(s), "world_size": world,
                 "torch": torch.__version__, "seconds": round(time.perf_counter() - start, 2),
                 "command": " ".join([os.path.basename(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])])}
-        paths = write_results(out, rows, info, append=args.append)
+        paths = write_results(out, rows, info, append=args.append, compare_with=args.compare)
         print(format_table(rows), end="")
+        if args.compare:
+            with open(paths[0]) as f:
+                comparison = json.load(f)["comparison"]
+            print(format_comparison(comparison), end="")
         print(f"wrote {', '.join(os.path.relpath(p) for p in paths)}")
         result = rows
     dist.end_tool_group()

@@ -321,9 +321,39 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n\n(top1 in %; n: test examples; train_n: training examples the probe saw)\n"
 
 
-def write_results(out_dir: str, rows: Sequence[dict], info: Mapping, append: bool = False) -> list[str]:
-    """``results.json`` (``{"rows": [...], "runs": [info, ...]}``) and ``results.md``; with ``append`` the rows of
-    other encoders already in ``results.json`` are kept."""
+def compare(rows: Sequence[dict], encoder: str, probe: str = "attentive") -> list[dict]:
+    """Per (level, kind, task): ``encoder``'s ``probe`` top-1 against every other encoder's best probe (its own
+    head included). ``beats`` is True when it is strictly higher than each of them."""
+    out = []
+    mine = [r for r in rows if r["encoder"] == encoder and r["probe"] == probe]
+    for r in mine:
+        key = (r["level"], r["kind"], r["task"])
+        best: dict[str, tuple[float, str]] = {}
+        for o in rows:
+            if o["encoder"] == encoder or (o["level"], o["kind"], o["task"]) != key or math.isnan(o["top1"]):
+                continue
+            if o["encoder"] not in best or o["top1"] > best[o["encoder"]][0]:
+                best[o["encoder"]] = (o["top1"], o["probe"])
+        out.append({"encoder": encoder, "probe": probe, "level": key[0], "kind": key[1], "task": key[2],
+                    "top1": r["top1"], "baselines": {e: {"top1": v, "probe": p} for e, (v, p) in sorted(best.items())},
+                    "beats": bool(best) and all(r["top1"] > v for v, _ in best.values())})
+    return out
+
+
+def format_comparison(comparison: Sequence[dict]) -> str:
+    lines = []
+    for c in comparison:
+        base = ", ".join(f"{e} {100 * b['top1']:.1f} ({b['probe']})" for e, b in c["baselines"].items())
+        lines.append(f"{'BEATS' if c['beats'] else 'does not beat'}: {c['encoder']} {c['probe']} "
+                     f"{100 * c['top1']:.1f} at {c['level']}, {c['kind']}/{c['task']} vs {base}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def write_results(out_dir: str, rows: Sequence[dict], info: Mapping, append: bool = False,
+                  compare_with: str | None = None) -> list[str]:
+    """``results.json`` (``{"rows": [...], "runs": [info, ...]}``, and ``comparison`` for ``compare_with``: see
+    :func:`compare`) and ``results.md``; with ``append`` the rows of other encoders already in ``results.json``
+    are kept."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
     old_rows: list[dict] = []
@@ -334,9 +364,14 @@ def write_results(out_dir: str, rows: Sequence[dict], info: Mapping, append: boo
         old_rows, runs = old.get("rows", []), old.get("runs", [])
     rows = merge_rows(old_rows, rows)
     runs = runs + [dict(info)]
+    result: dict = {"rows": rows, "runs": runs}
+    if compare_with:
+        result["comparison"] = compare(rows, compare_with)
     with open(path, "w") as f:
-        json.dump({"rows": rows, "runs": runs}, f, indent=2)
+        json.dump(result, f, indent=2)
     md = os.path.join(out_dir, "results.md")
     with open(md, "w") as f:
         f.write(format_table(rows))
+        if compare_with:
+            f.write("\n" + format_comparison(result["comparison"]))
     return [path, md]
