@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -32,7 +33,9 @@ def load_objective(checkpoint: str, config: str | None = None, overrides: Sequen
     from mmvit.models.build import build_model
     from mmvit.objectives import build_objective
 
-    kind, path = ckpt.resolve(checkpoint)
+    saves = os.path.join(checkpoint, ckpt.CHECKPOINTS_DIR)
+    # A run dir resolves to its export (the encoder alone) first: look in its checkpoints/ instead.
+    kind, path = ckpt.resolve(saves if os.path.isdir(saves) else checkpoint)
     if kind != "deepspeed":
         raise ValueError(f"{checkpoint}: a weights file holds the encoder only; the reconstruction needs the "
                          f"decoder: give the pretraining run dir (its checkpoints/) or a checkpoint tag dir")
@@ -51,6 +54,12 @@ def load_objective(checkpoint: str, config: str | None = None, overrides: Sequen
     if not hasattr(objective, "decoder") or not hasattr(objective, "mask"):
         raise ValueError(f"{checkpoint}: objective {type(objective).__name__} reconstructs no pixels (MAE does)")
     missing, unexpected = objective.load_state_dict(state, strict=False)
+    # The encoder's pool is frozen in pretraining (MAE never uses it) and a ZeRO checkpoint's fp32 master
+    # weights hold trained parameters only; reconstruction does not use the pool.
+    pool = [k for k in missing if k.startswith("model.pool.")]
+    if pool:
+        log.info("%s: the encoder's pool is not in the checkpoint (frozen in pretraining, unused here)", path)
+    missing = [k for k in missing if k not in pool]
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not match the objective: missing {missing[:5]}, unexpected "
                        f"{unexpected[:5]}")
@@ -208,7 +217,6 @@ def first_samples(cfg: Mapping, split: str, counts: Mapping[str, int], seed: int
 
 def main(argv: Sequence[str] | None = None) -> str:
     import argparse
-    import os
 
     from PIL import Image
 
