@@ -1,9 +1,11 @@
 """Probes on frozen encoders (mmvit/eval/probe_run.py, mmvit/eval/features.py, tools/probe.py,
 tools/extract_features.py): k-NN against a brute-force vote, exact class-balanced subsets, an attentive probe
-that learns a task mean pooling cannot solve, and both tools end to end on a tiny model and tiny data."""
+that learns a task mean pooling cannot solve, both tools end to end on a tiny model and tiny data, and the
+MAE reconstruction picture's arithmetic (tools/show_masked.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -216,3 +218,45 @@ def test_probe_tool_rows_and_knn_agree_with_extracted_features(tiny, tmp_path):
     merged = json.loads((out / "results.json").read_text())["rows"]
     assert {r["encoder"] for r in merged} == {"enc", "rnd"}
     assert {r["probe"] for r in merged if r["encoder"] == "enc"} == {"knn"}
+
+
+# -- reconstructions (tools/show_masked.py) -----------------------------------------------------------------------
+
+
+def _mae(norm_pix_loss=True):
+    from mmvit.objectives import build_objective
+
+    enc = mmvit.build_model({"type": "navit", "width": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "patch_size": 8,
+                             "tokenizer": {"type": "central_frame", "frames": 2},
+                             "pos_embed": {"type": "learned", "fractional": True, "max_len": [8, 8, 8]}})
+    return build_objective({"type": "mae", "decoder": {"width": 32, "depth": 1, "heads": 2},
+                            "norm_pix_loss": norm_pix_loss}, enc).eval()
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_reconstruction_of_a_perfect_decoder_is_the_input(norm_pix_loss, monkeypatch):
+    """A decoder that predicts its training targets exactly (normalised patches under norm_pix_loss) gives back
+    the input once un-normalised; the masked input is 0 exactly at the masked patches."""
+    from mmvit.eval.reconstruct import reconstruct
+    from mmvit.packing import patchify
+
+    mae = _mae(norm_pix_loss)
+    real_predict = mae.predict
+
+    def perfect(batch):
+        pred = real_predict(batch)
+        return dataclasses.replace(pred, values=mae.targets(batch, pred.slots))
+
+    monkeypatch.setattr(mae, "predict", perfect)
+    g = torch.Generator().manual_seed(0)
+    # An image comes from the loader as a still clip of pt = 2 equal frames.
+    samples = [torch.randn(3, 1, 16, 24, generator=g).expand(-1, 2, -1, -1), torch.randn(3, 4, 24, 16, generator=g)]
+    out = reconstruct(mae, samples, ["image", "video"], seed=0)
+    for x, r in zip(samples, out):
+        assert torch.allclose(r.input, x) and torch.allclose(r.output, x, atol=1e-4)
+        masked = (patchify(r.masked, (2, 8, 8))[0] == 0).all(1)
+        assert 0 < int(masked.sum()) < len(masked)
+        kept = patchify(r.masked, (2, 8, 8))[0][~masked]
+        assert torch.equal(kept, patchify(x, (2, 8, 8))[0][~masked])
+    # Images get the image mask (75% random), clips the video mask (90% tubes).
+    assert r.kind == "video" and out[0].kind == "image"
