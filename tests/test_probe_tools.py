@@ -86,7 +86,7 @@ def _needle_task(n, dim, seed):
 def test_attentive_probe_learns_a_separable_synthetic_task():
     train_tokens, train_labels = _needle_task(480, 16, seed=0)
     test_tokens, test_labels = _needle_task(90, 16, seed=1)
-    probe = train_attentive(train_tokens, train_labels, 3, ProbeSettings(epochs=30, lr=3e-3, seed=0))
+    probe = train_attentive(train_tokens, train_labels, 3, ProbeSettings(epochs=30, min_steps=0, lr=3e-3, seed=0))
     acc = float((predict_attentive(probe, test_tokens).argmax(1) == test_labels).float().mean())
     assert acc >= 0.9, acc
     # Reference: a linear classifier (least squares, fitted on the test set itself) on mean-pooled tokens.
@@ -181,7 +181,7 @@ def test_probe_tool_rows_and_knn_agree_with_extracted_features(tiny, tmp_path):
     out = tmp_path / "probe"
     rows = probe_main(["--checkpoint", f"enc={tiny['run']}", "--checkpoint", f"rnd=random:{tiny['run']}",
                        "--probe", "attentive", "linear", "knn", "head", "--labels-fraction", "0.5",
-                       "--resolutions", "16,24", "--epochs", "3", "--out", str(out)])
+                       "--resolutions", "16,24", "--epochs", "3", "--min-steps", "0", "--out", str(out)])
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == rows and (out / "results.md").read_text().startswith("| encoder")
     keys = {(r["encoder"], r["probe"], r["level"], r["kind"], r["task"]) for r in rows}

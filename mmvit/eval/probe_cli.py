@@ -142,6 +142,8 @@ def probe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--append", action="store_true",
                         help="keep the rows of other encoders already in <out>/results.json")
     parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--min-steps", type=int, default=d.min_steps,
+                        help="at least this many optimizer steps per probe (more epochs on small training sets)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -192,7 +194,7 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
     tables = data.tables
     num_classes = {t: len(table) for t, table in tables.items()}
     with_head = [e.name for e in encoders if "head" in args.probe and getattr(e.model, "task_classes", None)]
-    s = ProbeSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+    s = ProbeSettings(epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       heads=args.heads, k=args.k, temperature=args.temperature, seed=args.seed)
     tokens = "attentive" in args.probe
     models = {e.name: e.model for e in encoders}

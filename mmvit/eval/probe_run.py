@@ -41,9 +41,10 @@ class ProbeSettings:
         seed: probe initialisation and batch order.
     """
 
-    epochs: int = 30
+    epochs: int = 20
+    min_steps: int = 500
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.05
     heads: int | None = None
     k: int = 20
@@ -51,7 +52,8 @@ class ProbeSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.k < 1 or self.temperature <= 0:
+        if (self.epochs < 1 or self.min_steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.k < 1
+                or self.temperature <= 0):
             raise ValueError(f"invalid probe settings {self}")
 
 
@@ -165,11 +167,12 @@ def default_heads(dim: int) -> int:
 def _fit(module: nn.Module, n: int, step_loss, s: ProbeSettings) -> nn.Module:
     gen = torch.Generator().manual_seed(s.seed)
     steps_per_epoch = math.ceil(n / s.batch_size)
+    epochs = max(s.epochs, math.ceil(s.min_steps / steps_per_epoch))
     decay = [p for p in module.parameters() if p.ndim >= 2]
     no_decay = [p for p in module.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
-    sched = _schedule(opt, s.epochs * steps_per_epoch, steps_per_epoch)
+    sched = _schedule(opt, epochs * steps_per_epoch, steps_per_epoch)
     module.train()
     # A probe step is a few small matmuls: on a CPU, intra-op threads only add synchronisation (measured on
     # 2 busy cores: 30x slower with 2 threads than with 1).
@@ -177,7 +180,7 @@ def _fit(module: nn.Module, n: int, step_loss, s: ProbeSettings) -> nn.Module:
     torch.set_num_threads(1)
     try:
         with torch.enable_grad():
-            for _ in range(s.epochs):
+            for _ in range(epochs):
                 for rows in _batches(n, s.batch_size, gen):
                     loss = step_loss(rows)
                     opt.zero_grad(set_to_none=True)
