@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 XFORMERS_SPEC ?= xformers==0.0.35
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo pretrain-demo lint clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	bash tools/demo.sh
+
+# MAE pretraining of the demo data without labels, then probes with 10% of the labels (docs/pretraining.md).
+pretrain-demo: $(STAMP)
+	VENV=$(VENV) bash tools/pretrain_demo.sh
 
 clean:
 	rm -rf $(VENV) runs data
