@@ -48,7 +48,8 @@ def test_every_shipped_config_type_checks(path):
         build_curriculum(cfg["curriculum"], total_steps=train.steps, data=splits["train"])
     model_cfg = dict(cfg["model"])
     model_cfg.pop("init_from", None)  # weights not on disk here
-    if cfg.get("tasks"):
+    supervised = (cfg.get("objective") or {}).get("type", "classification") == "classification"
+    if cfg.get("tasks") and supervised:  # heads sized by the class tables; pretraining encoders have none
         model_cfg.pop("num_classes", None)
         model_cfg["tasks"] = {t: spec.get("num_classes") or len(spec["classes"]) for t, spec in cfg["tasks"].items()}
     from mmvit.models.build import build_model
