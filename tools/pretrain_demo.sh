@@ -36,9 +36,10 @@ $DS --num_gpus 2 --master_port "$PORT" tools/train.py --config configs/pretrain/
     --set run_dir="$OUT/mae" train.steps="$STEPS"
 stamp
 
-echo "== 3/5 supervised baseline: the demo classifier from scratch on the same labels, $STEPS steps"
+echo "== 3/5 supervised baseline: the demo classifier with the MAE encoder's trunk (width 64) from scratch on the same labels, $STEPS steps"
 $DS --num_gpus 2 --master_port "$PORT" tools/train.py --config configs/demo/demo.yaml --resume auto \
     --set run_dir="$OUT/supervised_10pct" train.steps="$STEPS" "data.splits.train.sources=$SOURCES" \
+    model.width=64 model.heads=2 model.mlp_dim=128 \
     train.save_every="$STEPS" eval.every=0 eval.at_end=false
 stamp
 
