@@ -219,7 +219,7 @@ def test_sigterm_saves_and_resume_auto_skips_an_interrupted_save(one_rank_run, t
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    assert "stop requested (signal)" in out
+    assert "stop requested (signal: SIGTERM)" in out
     stopped = max(r["step"] for r in _records(run_dir)) + 1
     assert 3 <= stopped < 8
     ckpt_dir = os.path.join(run_dir, "checkpoints")
