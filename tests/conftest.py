@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 
 import pytest
@@ -22,3 +23,21 @@ def tiny_model(**overrides):
            "patch_size": 8, "num_classes": 5, "head": {"type": "linear", "zero_init": False}}
     cfg.update(overrides)
     return mmvit.build_model(cfg)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch_env() -> dict:
+    """Environment for a training subprocess: one thread, this checkout first on the path, no rank variables
+    inherited from an enclosing launcher."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

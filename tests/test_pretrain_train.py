@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -25,6 +24,7 @@ from mmvit.pretrain import MaskConfig, pack_masked, plan_masks
 from mmvit.pretrain.masking import num_masked, plan_mask
 from mmvit.train.curriculum import build_curriculum
 from mmvit.train.loss import example_weights, local_count, normalised_loss
+from tests.conftest import free_port, launch_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "tools", "train.py")
@@ -182,28 +182,17 @@ def test_token_normalised_mae_loss_is_the_mean_over_all_masked_tokens():
 # -- real runs (slow) ------------------------------------------------------------------------------------
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmd, timeout=TIMEOUT):
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-6000:]}"
     return proc
 
 
 def _train(run_dir, *overrides, ranks=2, resume=None, config=CONFIG):
-    launch = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port())] if ranks == 2 else [sys.executable]
+    launch = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port())] if ranks == 2 else [sys.executable]
     cmd = [*launch, TRAIN, "--config", config, "--set", f"run_dir={run_dir}", "train.progress=false", *overrides]
     return _run(cmd + (["--resume", resume] if resume else []))
 

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from mmvit.objectives.classification import example_losses
 from mmvit.train.curriculum import build_curriculum
 from mmvit.train.loss import example_weights, local_count, normalised_loss
 from mmvit.train.rng import seed_all
+from tests.conftest import free_port, launch_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,17 +37,6 @@ DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
 TIMEOUT = 900  # a cold CI cache first compiles DeepSpeed's comm op
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _overrides(run_dir, *extra, progress=False):
@@ -61,7 +50,7 @@ def _check(proc: subprocess.CompletedProcess, code: int = 0):
 
 def _run(cmd, timeout) -> subprocess.CompletedProcess:
     """Run with a timeout (nothing may hang CI), stderr folded into stdout."""
-    return subprocess.run(cmd, check=False, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.run(cmd, check=False, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout)
 
 
@@ -92,7 +81,7 @@ def _assert_same_losses(ref, got, steps):
 def two_rank_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("two_rank") / "run")
     grads = os.path.join(os.path.dirname(run_dir), "grads.pt")
-    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), TRAIN, "--config", CONFIG,
+    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, "--config", CONFIG,
            *_overrides(run_dir, f"train.faults.grad_dump={grads}", progress=True)]
     t0 = time.time()
     proc = _run(cmd, TIMEOUT)
@@ -205,7 +194,7 @@ def test_sigterm_saves_and_resume_auto_skips_an_interrupted_save(one_rank_run, t
     run_dir = str(tmp_path / "run")
     cmd = [sys.executable, TRAIN, "--config", CONFIG, *_overrides(run_dir, "train.faults.step_delay_s=0.5",
                                                                   "train.save_every=0")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = os.path.join(run_dir, "metrics.jsonl")
     try:
         deadline = time.time() + TIMEOUT

@@ -11,7 +11,6 @@ configs/tests/tiny_train.yaml with 2 loader workers per rank; each real run take
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 
 from mmvit.checkpoint import MARKER
 from mmvit.train.preempt import EXIT_STOP_TIMEOUT, Stopper
+from tests.conftest import free_port, launch_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "tools", "train.py")
@@ -35,25 +35,14 @@ COMMON = ["data.num_workers=2", "train.threads=1", f"train.steps={STEPS}", "trai
           "train.keep_checkpoints=0", "eval.every=0", "eval.at_end=false", "train.progress=false"]
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch(kind: str) -> list[str]:
     if kind == "deepspeed":
-        return [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), TRAIN]
+        return [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), TRAIN]
     if kind == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(_free_port()), "--signals-to-handle", "SIGTERM,SIGINT,SIGUSR1", TRAIN]
+                str(free_port()), "--signals-to-handle", "SIGTERM,SIGINT,SIGUSR1", TRAIN]
     return [sys.executable, TRAIN]
 
 
@@ -63,7 +52,7 @@ def _cmd(kind, run_dir, *extra, resume=None):
 
 
 def _run(cmd):
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=TIMEOUT, check=False)
     assert proc.returncode == 0, proc.stdout[-6000:]
     return proc.stdout
@@ -89,7 +78,7 @@ def _stop_mid_run(cmd, run_dir, sig, log_path):
     """Start ``cmd`` in its own session, send ``sig`` to its whole process group once two steps are logged,
     wait until every process of the group is gone; returns (exit code of cmd's process, its output)."""
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     pgid = proc.pid
     try:
@@ -223,7 +212,7 @@ def test_watchdog_exits_nonzero_when_the_stop_takes_too_long(tmp_path):
         time.sleep(60)  # a save that never finishes
     """)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=launch_env(), capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == EXIT_STOP_TIMEOUT, proc.stderr
     assert time.time() - t0 < 30
@@ -247,7 +236,7 @@ def test_loader_workers_ignore_the_stop_signals(tmp_path):
         loader.shutdown()
         print("batches", n)
     """ % CONFIG)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=launch_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batches 6" in proc.stdout
@@ -262,7 +251,7 @@ def test_zero3_evaluation_with_a_rank_without_eval_batches_finishes(tmp_path):
            "frames: [4, 6], seed: 1}]")
     proc = subprocess.run(_cmd("deepspeed", run_dir, "train.steps=2", "eval.every=1", "eval.at_end=true", "eval.images=false",
                                "deepspeed.zero_optimization.stage=3", "train.ema_decay=null", val),
-                          cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600, check=False)  # a hang fails here
     assert proc.returncode == 0, proc.stdout[-6000:]
     evals = _records(run_dir, "eval")
