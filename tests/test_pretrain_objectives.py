@@ -120,6 +120,22 @@ def test_norm_pix_matches_the_per_patch_formula():
         assert out[i].tolist() == pytest.approx([(v - mean) / math.sqrt(var + 1e-6) for v in row], abs=1e-12)
 
 
+def test_norm_pix_per_channel_normalises_each_channel_slice_alone():
+    x = torch.randn(5, 3 * 16, dtype=torch.float64) * 2 - 1
+    x[:, 16:32] += 5.0                      # a hue: channel 1 brighter everywhere
+    out = norm_pix(x, 1e-6, channels=3)
+    for c in range(3):                      # channel-major: values c*16 .. c*16+15 are channel c
+        part = x[:, 16 * c:16 * (c + 1)]
+        mean = part.mean(1, keepdim=True)
+        var = part.var(1, keepdim=True)
+        assert torch.allclose(out[:, 16 * c:16 * (c + 1)], (part - mean) / (var + 1e-6).sqrt(), atol=1e-12)
+    # the hue is gone: shifting one channel by a constant leaves the target unchanged
+    assert torch.allclose(norm_pix(x - torch.cat([torch.zeros(16), torch.full((16,), 5.0), torch.zeros(16)]).double(),
+                                   1e-6, channels=3), out, atol=1e-9)
+    with pytest.raises(ValueError, match="channels"):
+        norm_pix(x[:, :47], 1e-6, channels=3)
+
+
 def test_mae_targets_are_the_masked_pixels_normalised_per_patch():
     gen = torch.Generator().manual_seed(0)
     samples = _others(gen)

@@ -1,7 +1,7 @@
 """Pretraining through the trainer: masked batches from the loader workers (reproducible, both packings of
 fixed shapes, padding on a NaViT-like resolution mix), the token-normalised loss against MAE's mean over all
 masked tokens, and (slow) real DeepSpeed runs of configs/pretrain/tiny.yaml for ``mae`` and ``jepa``: a
-``--resume auto`` that reproduces the uninterrupted run (ZeRO 0 and 3), a universal-checkpoint resume, and the
+``--resume auto`` that reproduces the uninterrupted run (ZeRO 0, 2 and 3), a universal-checkpoint resume, and the
 export fine-tuned for classification through ``model.init_from``."""
 
 import dataclasses
@@ -209,7 +209,7 @@ def _weights(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective,stage", [("mae", 0), ("jepa", 3)])
+@pytest.mark.parametrize("objective,stage", [("mae", 0), ("mae", 2), ("jepa", 3)])
 def test_resume_auto_reproduces_the_uninterrupted_run(tmp_path, objective, stage):
     over = [f"deepspeed.zero_optimization.stage={stage}", *([JEPA] if objective == "jepa" else [])]
     ref = str(tmp_path / "ref")

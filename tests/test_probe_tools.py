@@ -223,24 +223,24 @@ def test_probe_tool_rows_and_knn_agree_with_extracted_features(tiny, tmp_path):
 # -- reconstructions (tools/show_masked.py) -----------------------------------------------------------------------
 
 
-def _mae(norm_pix_loss=True):
+def _mae(norm_pix_loss=True, per_channel=False):
     from mmvit.objectives import build_objective
 
     enc = mmvit.build_model({"type": "navit", "width": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "patch_size": 8,
                              "tokenizer": {"type": "central_frame", "frames": 2},
                              "pos_embed": {"type": "learned", "fractional": True, "max_len": [8, 8, 8]}})
     return build_objective({"type": "mae", "decoder": {"width": 32, "depth": 1, "heads": 2},
-                            "norm_pix_loss": norm_pix_loss}, enc).eval()
+                            "norm_pix_loss": norm_pix_loss, "norm_pix_per_channel": per_channel}, enc).eval()
 
 
-@pytest.mark.parametrize("norm_pix_loss", [True, False])
-def test_reconstruction_of_a_perfect_decoder_is_the_input(norm_pix_loss, monkeypatch):
+@pytest.mark.parametrize("norm_pix_loss,per_channel", [(True, False), (True, True), (False, False)])
+def test_reconstruction_of_a_perfect_decoder_is_the_input(norm_pix_loss, per_channel, monkeypatch):
     """A decoder that predicts its training targets exactly (normalised patches under norm_pix_loss) gives back
     the input once un-normalised; the masked input is 0 exactly at the masked patches."""
     from mmvit.eval.reconstruct import reconstruct
     from mmvit.packing import patchify
 
-    mae = _mae(norm_pix_loss)
+    mae = _mae(norm_pix_loss, per_channel)
     real_predict = mae.predict
 
     def perfect(batch):

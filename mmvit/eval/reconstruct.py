@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mmvit.packing import PackedBatch, unpatchify
+from mmvit.pretrain.objectives import norm_pix_stats
 
 log = logging.getLogger("mmvit.eval")
 
@@ -113,9 +114,7 @@ def reconstruct(objective, samples: Sequence[torch.Tensor], kinds: Sequence[str]
     flat = full.patches.reshape(-1, full.patches.shape[-1]).clone()
     values = pred.values.float()
     if objective.cfg.norm_pix_loss:   # back to pixels with the true patch's own mean and variance
-        target = flat[pred.slots]
-        mean = target.mean(-1, keepdim=True)
-        var = target.var(-1, keepdim=True)
+        mean, var = norm_pix_stats(flat[pred.slots], objective.norm_channels)
         values = values * (var + objective.cfg.norm_pix_eps).sqrt() + mean
     recon = flat.clone()
     recon[pred.slots] = values

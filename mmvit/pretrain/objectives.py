@@ -4,8 +4,8 @@
 - :class:`MAE` (He et al. 2022; VideoMAE, Tong et al. 2022): the encoder sees the visible tokens, the decoder
   predicts the pixels of every masked patch (or tubelet), normalised per patch (``norm_pix_loss``: MAE's
   ``(x - mean) / sqrt(var + 1e-6)`` over the patch's ``C*pt*ph*pw`` values, unbiased variance). The loss is
-  the MSE averaged over a patch's values, then over the example's masked tokens. VideoMAE normalises each
-  channel of a tubelet separately; here one rule covers patches and tubelets.
+  the MSE averaged over a patch's values, then over the example's masked tokens. ``norm_pix_per_channel``
+  normalises each colour channel of a patch or tubelet separately, as VideoMAE does.
 - :class:`JEPA` (I-JEPA, Assran et al. 2023; V-JEPA, Bardes et al. 2024): the context encoder sees the visible
   tokens, the predictor predicts the target encoder's layer-normalised features (``F.layer_norm`` without
   affine) at the masked tokens; ``|pred - target|^p / p`` (V-JEPA's loss, L1 for ``p = 1``) averaged over the
@@ -77,10 +77,23 @@ def masked_tokens(batch: PackedBatch) -> torch.Tensor:
     return batch.grid.long().prod(1) - batch.lengths
 
 
-def norm_pix(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """MAE's per-patch normalisation of ``[M, P]`` pixels: ``(x - mean) / sqrt(var + eps)``, unbiased var."""
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
+def norm_pix_stats(target: torch.Tensor, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of ``[M, P]`` pixels, per patch (``channels=1``) or per colour channel of each
+    patch (``channels=C``: ``P = C * pt * ph * pw`` channel-major, as :func:`mmvit.packing.patchify` flattens);
+    both ``[M, P]``, broadcast back over the values they were taken from."""
+    m, p = target.shape
+    if p % channels:
+        raise ValueError(f"{p} values per patch do not split into {channels} channels")
+    x = target.reshape(m, channels, p // channels)
+    mean = x.mean(dim=-1, keepdim=True).expand_as(x).reshape(m, p)
+    var = x.var(dim=-1, keepdim=True).expand_as(x).reshape(m, p)
+    return mean, var
+
+
+def norm_pix(target: torch.Tensor, eps: float = 1e-6, channels: int = 1) -> torch.Tensor:
+    """MAE's per-patch normalisation of ``[M, P]`` pixels: ``(x - mean) / sqrt(var + eps)``, unbiased var;
+    with ``channels=C`` each colour channel of a patch is normalised on its own (VideoMAE's rule)."""
+    mean, var = norm_pix_stats(target, channels)
     return (target - mean) / (var + eps).sqrt()
 
 
@@ -125,6 +138,9 @@ class MAEConfig:
     mask: dict | None = None                                   # a MaskConfig (preset mae)
     norm_pix_loss: bool = True
     norm_pix_eps: float = 1e-6  # MAE's
+    # Normalise each colour channel of a patch on its own (VideoMAE) instead of the whole patch (MAE): the
+    # target keeps each channel's pattern but not the patch's hue, so colour alone predicts less of it.
+    norm_pix_per_channel: bool = False
 
 
 @OBJECTIVES.register("mae")
@@ -159,7 +175,12 @@ class MAE(_Masked):
         """``[M, P]`` fp32 pixel targets at ``slots`` of ``batch.full``."""
         full = _check_masked(batch)
         target = full.patches.reshape(-1, full.patches.shape[-1])[slots].float()
-        return norm_pix(target, self.cfg.norm_pix_eps) if self.cfg.norm_pix_loss else target
+        return norm_pix(target, self.cfg.norm_pix_eps, self.norm_channels) if self.cfg.norm_pix_loss else target
+
+    @property
+    def norm_channels(self) -> int:
+        """Groups of values ``norm_pix`` normalises separately: 1 (the patch) or the input channels."""
+        return self.model.tokenizer.in_chans if self.cfg.norm_pix_per_channel else 1
 
     def forward(self, batch: PackedBatch) -> ObjectiveOutput:
         pred = self.predict(batch)
