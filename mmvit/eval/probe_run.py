@@ -42,9 +42,12 @@ class ProbeSettings:
     """
 
     epochs: int = 20
-    min_steps: int = 500
+    # On the demo's 900 training images, 500 steps at lr 3e-3 left the attentive probe at ~30% top-1 on its
+    # own training set (underfitted) for every frozen encoder; 800 at 1e-2 fit it and gained 10-20 points of
+    # test top-1 on the random and MAE encoders alike.
+    min_steps: int = 800
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 0.05
     heads: int | None = None
     k: int = 20
