@@ -121,30 +121,47 @@ def test_select_masked_fills_both_packings_oldest_first():
     assert select_masked(cands, 48, 2, 96, 6, fixed=[(48, 90)] * 2) == []  # the encoder rows are full
 
 
-def test_padding_on_a_navit_resolution_mix_under_two_percent():
-    """Images of NaViT's mix (side ~ U(64, 384) px, aspect 0.5-2, patch 16), MAE's 75% masks: the stream's
-    selection fills [8, 256] visible and [8, 1024] full rows to >= 98% on average over 40 batches."""
+@pytest.mark.parametrize("preset", ["mae", "jepa"])
+def test_padding_on_a_navit_resolution_mix_under_two_percent(preset):
+    """Images of NaViT's mix (side ~ U(64, 384) px, aspect 0.5-2, patch 16) with the preset's masks (MAE: 75%
+    at random; JEPA: multiblock, about half visible): the stream's selection fills [8, 256] visible rows and
+    the full rows to >= 98% on average over 40 batches. The full rows hold what the visible rows' share of the
+    mix needs (MAE [8, 1024]; JEPA 4 rows sized from the first buffer's visible fraction): a buffer cannot make
+    up for a capacity ratio that differs from the stream's. The first batch's padding is also read from the
+    segment ids of its packing by pack_masked."""
     rng = np.random.default_rng(0)
-    mask = MaskConfig(preset="mae")
+    mask = MaskConfig(preset=preset)
 
     def draw(j):
         side, aspect = rng.uniform(64, 384), rng.uniform(0.5, 2.0)
         h = max(1, int(side * aspect ** 0.5) // 16)
         w = max(1, int(side / aspect ** 0.5) // 16)
         h, w = min(h, 32), min(w, 32)
-        n = h * w
-        if n < 2:
+        if h * w < 2:
             return draw(j)
-        return (j, len(plan_mask((1, h, w), "image", mask, rng)), n)
+        visible = plan_mask((1, h, w), "image", mask, rng)
+        return (j, len(visible), h * w, (h, w, visible))
 
     waiting = [draw(j) for j in range(256)]
+    if preset == "mae":
+        full_rows, full_seq_len = 8, 1024
+    else:
+        share = sum(c[1] for c in waiting) / sum(c[2] for c in waiting)
+        full_rows, full_seq_len = 4, int(np.ceil(8 * 256 / share / 4))
     nxt = len(waiting)
     pad_e, pad_f = [], []
-    for _ in range(40):
-        keys = set(select_masked(waiting, 256, 8, 1024, 8))
+    for b in range(40):
+        keys = set(select_masked([c[:3] for c in waiting], 256, 8, full_seq_len, full_rows))
         chosen = [c for c in waiting if c[0] in keys]
         pad_e.append(1 - sum(c[1] for c in chosen) / (8 * 256))
-        pad_f.append(1 - sum(c[2] for c in chosen) / (8 * 1024))
+        pad_f.append(1 - sum(c[2] for c in chosen) / (full_rows * full_seq_len))
+        if b == 0:
+            batch = pack_masked([torch.zeros(3, h * 16, w * 16) for h, w, _ in (c[3] for c in chosen)],
+                                [c[3][2] for c in chosen], patch_size=16, seq_len=256, num_rows=8,
+                                full_seq_len=full_seq_len, full_rows=full_rows)
+            assert batch.shape == (8, 256) and batch.full.shape == (full_rows, full_seq_len)
+            assert abs(float((batch.segment_ids == 0).double().mean()) - pad_e[0]) < 1e-9
+            assert abs(float((batch.full.segment_ids == 0).double().mean()) - pad_f[0]) < 1e-9
         waiting = [c for c in waiting if c[0] not in keys]
         while len(waiting) < 256:
             waiting.append(draw(nxt))
