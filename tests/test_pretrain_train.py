@@ -169,6 +169,54 @@ def test_padding_on_a_navit_resolution_mix_under_two_percent(preset):
     assert np.mean(pad_e) <= 0.02 and np.mean(pad_f) <= 0.02, (np.mean(pad_e), np.mean(pad_f))
 
 
+def _stream(data, stop_at=None, state=None, n=6, stage_at=2):
+    """Masked batches of the tiny stream through the loader's control: the stage changes (4 -> 2 frames,
+    smaller sizes) after ``stage_at`` batches; ``stop_at`` returns early with the loader state."""
+    import copy
+
+    loader, control = build_loader(data, split="train", rank=0, world_size=1, seed=3, train=True)
+    if state is not None:
+        control.load_state_dict(copy.deepcopy(state))
+    out = []
+    while True:
+        for b in loader:
+            out.append(b)
+            if control.stats()["batches"] == stage_at:
+                control.set_stage({"frames": 2, "resolution": {"type": "uniform", "min": 16, "max": 32}})
+            if len(out) == n or (stop_at is not None and control.stats()["batches"] == stop_at):
+                return out, control.state_dict()
+
+
+def test_fit_full_rows_sizes_each_stage_and_resumes_with_the_same_shapes():
+    """data.fit_full_rows: within a stage every batch has one full-row length, at least full_seq_len and at
+    most twice it; the stage change re-measures it; the two packings together pad less than with the fixed
+    length; a loader resumed from its state gives the same batches (shapes and contents)."""
+    cfg, obj = _tiny("data.full_batch_rows=4", "data.fit_full_rows=true")
+    data = _masked_data(cfg, obj)
+    batches, _ = _stream(data)
+    by_stage: dict[int, set] = {}
+    for b in batches:
+        by_stage.setdefault(b.stage_id, set()).add(b.full.shape)
+        assert b.shape == (2, 48)
+        assert dict(b.worker_state["full_lens"])[b.stage_id] == b.full.shape[1]
+    assert sorted(by_stage) == [0, 1] and all(len(v) == 1 for v in by_stage.values()), by_stage
+    lengths = {k: next(iter(v))[1] for k, v in by_stage.items()}
+    assert all(next(iter(v))[0] == 4 and 96 <= lengths[k] <= 192 for k, v in by_stage.items()), by_stage
+
+    def worst_padding(bs):   # the emptier packing of each batch, from the packings' own segment ids
+        return np.mean([max(float((b.segment_ids == 0).double().mean()),
+                            float((b.full.segment_ids == 0).double().mean())) for b in bs])
+
+    fixed, _ = _stream(_masked_data(*_tiny("data.full_batch_rows=4")))
+    assert all(b.full.shape == (4, 96) for b in fixed)
+    assert worst_padding(batches) < worst_padding(fixed), (worst_padding(batches), worst_padding(fixed))
+    head, state = _stream(data, stop_at=3)
+    tail, _ = _stream(data, state=state, n=3)
+    for a, b in zip(batches[3:], tail):
+        assert a.full.shape == b.full.shape and torch.equal(a.full.segment_ids, b.full.segment_ids)
+        assert torch.equal(a.patches, b.patches) and a.stage_id == b.stage_id
+
+
 # -- the loss --------------------------------------------------------------------------------------------
 
 

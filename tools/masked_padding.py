@@ -61,22 +61,24 @@ def _shape(stage) -> str:
 
 
 def selection_padding(data: dict, tables, stage, n: int, seed: int) -> tuple[list[float], list[float], list[int]]:
-    """Per batch: encoder-row padding, full-row padding, examples; from the stream's selection alone."""
+    """Per batch: encoder-row padding, full-row padding, examples; from the stream's selection alone (with
+    ``data.fit_full_rows``, the full rows at the length the worker chose for the stage)."""
     loader, _ = build_loader(data, split="train", rank=0, world_size=1, seed=seed, stage=stage, train=True,
                              tables=tables)
     ds = loader.dataset
     cfg = ds.cfg
     st = make_stage(cfg, stage)
     worker = _Worker(ds, 0, 1)
-    cap_e, cap_f = cfg.batch_rows * cfg.seq_len, cfg.full_batch_rows * cfg.full_seq_len
+    cap_e = cfg.batch_rows * cfg.seq_len
     pad_e, pad_f, count = [], [], []
     try:
         for g in range(n):
             worker.refill()
             patch = worker.patch_for(g, st)
             plans = {w.draw.j: worker.plan(w, st, patch) for w in worker.waiting}
-            keys = set(worker._select_masked(plans, []))
+            keys = set(worker._select_masked(plans, [], 0))   # one stage: id 0
             assert keys, "an empty batch"
+            cap_f = cfg.full_batch_rows * worker.full_len(0)  # data.fit_full_rows: this stage's length
             pad_e.append(1 - sum(plans[k].kept for k in keys) / cap_e)
             pad_f.append(1 - sum(plans[k].tokens for k in keys) / cap_f)
             count.append(len(keys))

@@ -73,6 +73,12 @@ class DataConfig:
     mask: dict | None = None
     full_seq_len: int | None = num(None, ge=1)     # None: seq_len
     full_batch_rows: int | None = num(None, ge=1)  # needed with a mask: ~ batch_rows*seq_len/full_seq_len/(1-ratio)
+    # Lengthen the full rows per curriculum stage (never below full_seq_len, at most twice it) so that the two
+    # packings' capacities stand as the stage's visible and all tokens do: the visible share moves with the
+    # stage (clips and images are masked differently and their token shares change with frames and sizes),
+    # and fixed capacities then leave one packing padded by the mismatch. Fixed within a stage; without a mask
+    # (classification) there is no full packing and the key has no effect.
+    fit_full_rows: bool = False
     # Workers.
     num_workers: int = num(2, ge=0)
     persistent_workers: bool = True

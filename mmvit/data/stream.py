@@ -109,6 +109,7 @@ class _Worker:
         self.counter = SkipCounter(self.cfg.max_bad_fraction, self.cfg.bad_fraction_min_samples,
                                    where=f"rank {ds.rank} worker {role}", record_paths=not ds.train)
         self.waiting: list[Waiting] = []
+        self.full_lens: dict[int, int] = {}  # data.fit_full_rows: each stage's full row length (stage id -> L)
         self.exhausted = False
         self.bad_run = 0  # bad draws in a row: an endless stream of nothing but bad samples must end
         self.rate_fn = make_rate_fn(self.cfg.drop_rate) if ds.train else None
@@ -120,7 +121,8 @@ class _Worker:
     def state(self) -> dict:
         replay = self.waiting[0].draw.pre if self.waiting else self.mixer.state()
         return {"replay": replay, "waiting": [w.draw.j for w in self.waiting], "next_j": self.mixer.j,
-                "exhausted": self.exhausted, "counts": self.counter.state()}
+                "exhausted": self.exhausted, "counts": self.counter.state(),
+                "full_lens": sorted([k, v] for k, v in self.full_lens.items())}
 
     def load(self, state: dict | None) -> None:
         if not state:
@@ -135,6 +137,7 @@ class _Worker:
                 self._admit(draw)
         self.exhausted = bool(state.get("exhausted", False))
         self.counter.load(state.get("counts"))  # the counts as they were (the replay counted again)
+        self.full_lens = {int(k): int(v) for k, v in state.get("full_lens", [])}
 
     # --- buffer --------------------------------------------------------------------------------------------
     def _fail(self, err: BadSample, draw: Draw, admitted: bool) -> None:
@@ -305,7 +308,7 @@ class _Worker:
                 break
             plans = {w.draw.j: self.plan(w, stage, patch) for w in self.waiting}
             if self.mask is not None:
-                keys = self._select_masked(plans, chosen)
+                keys = self._select_masked(plans, chosen, stage_id)
             else:
                 keys = select_examples([(w.draw.j, plans[w.draw.j].kept) for w in self.waiting], cfg.seq_len,
                                        cfg.batch_rows, cfg.max_per_row, fixed=[c[1].kept for c in chosen])
@@ -339,7 +342,7 @@ class _Worker:
         tasks = [self.ds.tasks.index(c[3]["task"]) for c in chosen]
         if self.mask is not None:
             batch = pack_masked([c[2] for c in chosen], [c[1].visible for c in chosen], patch_size=patch,
-                                seq_len=cfg.seq_len, num_rows=cfg.batch_rows, full_seq_len=cfg.full_seq_len,
+                                seq_len=cfg.seq_len, num_rows=cfg.batch_rows, full_seq_len=self.full_len(stage_id),
                                 full_rows=cfg.full_batch_rows, labels=labels, tasks=tasks,
                                 meta=[c[3] for c in chosen], max_per_row=cfg.max_per_row)
         else:
@@ -350,7 +353,40 @@ class _Worker:
         return StreamBatch(**fields, index=g, stage_id=stage_id, role=self.role, worker_state=self.state(),
                            skip_counts=self.counter.state())
 
-    def _select_masked(self, plans: dict, chosen: list) -> list:
+    def full_len(self, stage_id: int, plans: dict | None = None) -> int:
+        """The full rows' length in this stage: ``data.full_seq_len``, or with ``data.fit_full_rows`` the length
+        that makes the two packings' capacities stand as the stage's visible and all tokens do.
+
+        That ratio is measured once per stage, on the plans of the examples waiting at the stage's first batch
+        (``pack_buffer`` examples at this stage's sizes and masks, weighted per source as the stream mixes
+        them), and kept in the worker's
+        state, so the shape is fixed within the stage and a resumed run reproduces it. It is never below
+        ``full_seq_len`` (examples are sized to fit that) nor above twice it (memory stays bounded).
+        """
+        cfg = self.cfg
+        if not cfg.fit_full_rows:
+            return int(cfg.full_seq_len)
+        if stage_id not in self.full_lens:
+            if plans is None:
+                raise RuntimeError(f"stage {stage_id}: the full row length is measured at its first selection")
+            # Per source, the mean visible and all tokens of its waiting examples at this stage's sizes and
+            # masks, mixed by the sources' weights: the buffer itself over-holds what the selection takes
+            # least readily, the stream brings the sources in their weights' proportions.
+            by_source: dict[int, list[tuple[int, int]]] = {}
+            for w in self.waiting:
+                p = plans.get(w.draw.j)
+                if p is not None and p.visible is not None:
+                    by_source.setdefault(w.draw.sid, []).append((p.kept, p.tokens))
+            kept = sum(self.mixer.weights[sid] * np.mean([k for k, _ in v]) for sid, v in by_source.items())
+            tokens = sum(self.mixer.weights[sid] * np.mean([t for _, t in v]) for sid, v in by_source.items())
+            length = cfg.full_seq_len
+            if kept > 0 and tokens > 0:
+                # capacities rows*seq_len : full_rows*L = kept : tokens  =>  L = rows*seq_len*tokens / (kept*full_rows)
+                length = int(np.ceil(cfg.batch_rows * cfg.seq_len * tokens / (kept * cfg.full_batch_rows)))
+            self.full_lens[stage_id] = int(min(max(length, cfg.full_seq_len), 2 * cfg.full_seq_len))
+        return self.full_lens[stage_id]
+
+    def _select_masked(self, plans: dict, chosen: list, stage_id: int) -> list:
         """Masked pretraining: skip (and count) examples that cannot be packed masked (a single token, or more
         visible tokens than an encoder row holds), then choose for both packings."""
         cfg = self.cfg
@@ -363,7 +399,8 @@ class _Worker:
                 self.waiting.remove(w)
                 self._fail(BadSample("other", w.draw.item.path, why), w.draw, admitted=True)
         return select_masked([(w.draw.j, plans[w.draw.j].kept, plans[w.draw.j].tokens) for w in self.waiting],
-                             cfg.seq_len, cfg.batch_rows, cfg.full_seq_len, cfg.full_batch_rows, cfg.max_per_row,
+                             cfg.seq_len, cfg.batch_rows, self.full_len(stage_id, plans), cfg.full_batch_rows,
+                             cfg.max_per_row,
                              fixed=[(c[1].kept, c[1].tokens) for c in chosen])
 
     def close(self) -> None:
