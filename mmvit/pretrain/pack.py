@@ -132,8 +132,14 @@ def gather_visible(full: PackedBatch, shape: tuple[int, int]) -> torch.Tensor:
     src = full.patches.reshape(-1, full.patches.shape[-1])                       # [B_f*L_f, P]
     vi = full.visible_index.reshape(-1)                                          # [B_f*L_f]
     f_slots = torch.nonzero(vi >= 0, as_tuple=True)[0]                           # [N_vis] full slots
-    out = src.new_zeros(shape[0] * shape[1], src.shape[-1])                      # [B*L, P]
-    out[vi[f_slots]] = src[f_slots]
+    # For every encoder slot the full slot to read (padding reads slot 0 and is zeroed after): one
+    # index_select writes each output row once, where zeros + index_put would write the visible rows twice.
+    source = torch.zeros(shape[0] * shape[1], dtype=torch.long, device=vi.device)  # [B*L]
+    source[vi[f_slots]] = f_slots
+    padding = torch.ones(shape[0] * shape[1], dtype=torch.bool, device=vi.device)
+    padding[vi[f_slots]] = False
+    out = src.index_select(0, source)                                            # [B*L, P]
+    out.index_fill_(0, torch.nonzero(padding, as_tuple=True)[0], 0)
     return out.view(*shape, src.shape[-1])
 
 
