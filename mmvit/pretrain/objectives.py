@@ -77,14 +77,21 @@ def masked_tokens(batch: PackedBatch) -> torch.Tensor:
     return batch.grid.long().prod(1) - batch.lengths
 
 
+def _channel_groups(target: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[M, P]`` -> ``[M, channels, P / channels]`` (a view when ``target`` is contiguous): the values of
+    each colour channel of a patch together, channel-major as :func:`mmvit.packing.patchify` flattens."""
+    m, p = target.shape
+    if p % channels:
+        raise ValueError(f"{p} values per patch do not split into {channels} channels")
+    return target.reshape(m, channels, p // channels)
+
+
 def norm_pix_stats(target: torch.Tensor, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased variance of ``[M, P]`` pixels, per patch (``channels=1``) or per colour channel of each
     patch (``channels=C``: ``P = C * pt * ph * pw`` channel-major, as :func:`mmvit.packing.patchify` flattens);
     both ``[M, P]``, broadcast back over the values they were taken from."""
     m, p = target.shape
-    if p % channels:
-        raise ValueError(f"{p} values per patch do not split into {channels} channels")
-    x = target.reshape(m, channels, p // channels)
+    x = _channel_groups(target, channels)
     mean = x.mean(dim=-1, keepdim=True).expand_as(x).reshape(m, p)
     var = x.var(dim=-1, keepdim=True).expand_as(x).reshape(m, p)
     return mean, var
@@ -92,9 +99,19 @@ def norm_pix_stats(target: torch.Tensor, channels: int = 1) -> tuple[torch.Tenso
 
 def norm_pix(target: torch.Tensor, eps: float = 1e-6, channels: int = 1) -> torch.Tensor:
     """MAE's per-patch normalisation of ``[M, P]`` pixels: ``(x - mean) / sqrt(var + eps)``, unbiased var;
-    with ``channels=C`` each colour channel of a patch is normalised on its own (VideoMAE's rule)."""
-    mean, var = norm_pix_stats(target, channels)
-    return (target - mean) / (var + eps).sqrt()
+    with ``channels=C`` each colour channel of a patch is normalised on its own (VideoMAE's rule).
+
+    The same values as ``(target - mean) / (var + eps).sqrt()`` with :func:`norm_pix_stats`' ``[M, P]``
+    statistics, computed on ``[M, C, 1]`` statistics broadcast instead (no ``[M, P]`` copies of them), and
+    divided in place into the one ``[M, P]`` temporary, except when ``target`` requires grad (autograd then
+    needs the undivided numerator).
+    """
+    x = _channel_groups(target, channels)                      # [M, C, P/C]
+    mean = x.mean(dim=-1, keepdim=True)                        # [M, C, 1]
+    std = (x.var(dim=-1, keepdim=True) + eps).sqrt()           # [M, C, 1]
+    out = x - mean                                             # [M, C, P/C], a new tensor
+    out = out / std if out.requires_grad else out.div_(std)
+    return out.view(target.shape)
 
 
 def _check_masked(batch: PackedBatch) -> PackedBatch:
