@@ -92,6 +92,12 @@ def test_pretrain_rows_and_video_bar():
     assert rows["mae 0"]["dec"] == rows["mae 0.9"]["dec"] == report.params["tokens"]
     assert rows["mae 0 (videos)"]["dec"] == rows["mae 0.9 (videos)"]["dec"] == report.params["video_tokens"]
     assert report.params["video_tokens"] < report.params["tokens"]
+    # Encoder rows are sized to the visible tokens: shorter at higher ratios, never too short to hold them.
+    rows_of = {n: tuple(int(v) for v in r["rows"].split(" x ")) for n, r in rows.items() if "rows" in r}
+    for n, (b, length) in rows_of.items():
+        assert b * length >= rows[n]["enc"] and length <= report.params["seq_len"], n
+    assert rows_of["mae 0"][1] > rows_of["mae 0.75"][1] >= rows_of["mae 0.9"][1]
+    assert rows_of["mae 0 (videos)"][1] > rows_of["mae 0.9 (videos)"][1]
     # Each speed-up is against mae 0 on the same inputs; the bar is the video one, from the same rounds.
     assert rows["mae 0"]["speed"] == rows["mae 0 (videos)"]["speed"] == 1.0
     (bar,) = report.bars

@@ -19,12 +19,16 @@ size that runs in minutes on 2 CPU cores: encoder 256 x 6 (4 heads), decoder / p
 ``2 * 128^2 / (6 * 256^2) = 1/12``; ``--encoder`` / ``--decoder`` (``WIDTHxDEPTH``) change them.
 
 Both packings take as many rows as first-fit-decreasing needs (``num_rows=None``), so padding is what the
-packer leaves, reported per packing. A square fp32 matmul runs in the same interleaved rounds and gives the
+packer leaves, reported per packing. The full (decoder) rows are ``seq_len`` long; the encoder's are sized to
+the visible tokens, ``seq_len`` x the kept fraction rounded up to 16 (as configs/pretrain pair ``seq_len``
+256 with ``full_seq_len`` 1024 at 75% masking), so that the encoder batch, like the encoder's work, shrinks
+with the kept fraction. A square fp32 matmul runs in the same interleaved rounds and gives the
 machine's peak for the GFLOP/s comparison.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -131,6 +135,8 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0, encoder: tuple[int,
     flops = {"supervised": 3 * transformer_flops(lengths, w, enc["depth"], enc["mlp_dim"])
              + 4 * sum(lengths) * 3 * 2 * p * p * w}
 
+    enc_rows: dict[str, tuple[int, int]] = {"supervised": mmvit.pack(samples, patch_size=ps, seq_len=seq_len).shape}
+
     def masked(name: str, kind: str, mask: MaskConfig, cfg: dict, suffix: str = "") -> None:
         name += suffix
         data = inputs[suffix]
@@ -138,9 +144,17 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0, encoder: tuple[int,
         torch.manual_seed(seed)
         objective = build_objective({"type": kind, **cfg, "mask": None}, mmvit.build_model(model_cfg))
 
+        # Encoder rows sized to the visible tokens, as configs/pretrain size them (seq_len 256 against
+        # full_seq_len 1024 at 75% masking): seq_len x the kept fraction, rounded up to 16, at least the
+        # largest example's visible tokens. Fixed 1024-token rows would make the step build (and the encoder
+        # scatter its output into) a batch that is 90% padding at ratio 0.9. Every step draws the same masks.
+        planned = plan_masks(data, ps, mask, np.random.default_rng(seed))
+        kept = sum(len(v) for v in planned) / sum(all_len)
+        enc_len = min(seq_len, max(max(len(v) for v in planned), 16 * math.ceil(seq_len * kept / 16)))
+
         def batch() -> mmvit.PackedBatch:
             vis = plan_masks(data, ps, mask, np.random.default_rng(seed))
-            return pack_masked(data, vis, patch_size=ps, seq_len=seq_len, full_seq_len=seq_len)
+            return pack_masked(data, vis, patch_size=ps, seq_len=enc_len, full_seq_len=seq_len)
 
         variants[name] = _trainer(objective, batch, ema=kind == "jepa")
         examples[name], baseline[name] = len(data), "mae 0" + suffix
@@ -148,6 +162,7 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0, encoder: tuple[int,
         vis_len = b.lengths.tolist()
         t_vis, t_all = sum(vis_len), sum(all_len)
         shapes[name] = (b.padding_fraction, b.full.padding_fraction, t_vis, t_all)
+        enc_rows[name] = b.shape
         f = 3 * transformer_flops(vis_len, w, enc["depth"], enc["mlp_dim"]) + 4 * t_vis * 3 * 2 * p * p * w
         f += 3 * transformer_flops(all_len, dw, dec["depth"], dec["mlp_dim"]) + 6 * t_vis * w * dw
         out = 3 * 2 * p * p if kind == "mae" else w
@@ -178,7 +193,8 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0, encoder: tuple[int,
                       Column("variant", "variant"), Column("ms", "median ms", "{:.0f}"),
                       Column("rate", "examples/s", "{:.1f}"),
                       Column("speed", "speed-up over mae 0 (same inputs)", "{:.2f}x"),
-                      Column("enc", "encoder tokens", "{}"), Column("dec", "decoder tokens", "{}"),
+                      Column("enc", "encoder tokens", "{}"), Column("rows", "encoder rows", "{}"),
+                      Column("dec", "decoder tokens", "{}"),
                       Column("pad_e", "padding (encoder)", "{:.1%}"),
                       Column("pad_f", "padding (full)", "{:.1%}"), Column("gflops", "model GFLOP/s", "{:.1f}"),
                       Column("util", "of matmul peak", "{:.0%}")])
@@ -187,6 +203,7 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0, encoder: tuple[int,
         pad_e, pad_f, t_vis, t_all = shapes[name]
         row = {"variant": name, "ms": 1e3 * m, "rate": examples[name] / m,
                "speed": ratio(times, baseline[name], name), "enc": t_vis,
+               "rows": "{} x {}".format(*enc_rows[name]),
                "pad_e": pad_e, "gflops": flops[name] / m / 1e9, "util": flops[name] / m / peak}
         if pad_f == pad_f:
             row["pad_f"], row["dec"] = pad_f, t_all
