@@ -154,6 +154,26 @@ def test_norm_pix_keeps_its_input_and_the_out_of_place_values(channels):
     assert torch.equal(out.detach(), ref) and torch.isfinite(y.grad).all()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_squared_error_mean_is_the_plain_expression_bit_for_bit(seed):
+    # MAE's per-token loss has its own backward (fewer [M, P] temporaries); values and gradients must be
+    # exactly those autograd gives for (pred - target).square().mean(-1).
+    from mmvit.pretrain.objectives import squared_error_mean
+
+    gen = torch.Generator().manual_seed(seed)
+    m, p = 37 + 20 * seed, 96 * (seed + 1)
+    pred, target = torch.randn(m, p, generator=gen) * 2, torch.randn(m, p, generator=gen)
+    weight = torch.rand(m, generator=gen)
+    a, b = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    plain = (a - target).square().mean(-1)
+    fused = squared_error_mean(b, target)
+    (plain * weight).sum().backward()
+    (fused * weight).sum().backward()
+    assert torch.equal(plain, fused) and torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        assert torch.equal(squared_error_mean(pred, target), plain)
+
+
 def test_mae_targets_are_the_masked_pixels_normalised_per_patch():
     gen = torch.Generator().manual_seed(0)
     samples = _others(gen)

@@ -114,6 +114,34 @@ def norm_pix(target: torch.Tensor, eps: float = 1e-6, channels: int = 1) -> torc
     return out.view(target.shape)
 
 
+class _SquaredErrorMean(torch.autograd.Function):
+    """``(pred - target).square().mean(-1)``: ``[M, P]`` -> ``[M]``, the gradient with one ``[M, P]`` temporary.
+
+    Autograd's backward of that expression builds the expanded mean gradient ``g / P``, ``d.pow(1)``, ``2 * d``
+    and their product, each ``[M, P]`` (M masked tokens of P pixel values: megabytes per step). This one
+    computes the same products, ``(2 * d) * (g / P)``, into a single tensor: the same values, bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        d = pred - target                                                  # [M, P]
+        ctx.save_for_backward(d)
+        return d.square().mean(-1)                                         # [M]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (d,) = ctx.saved_tensors
+        return (2 * d).mul_((grad / d.shape[-1])[:, None]), None
+
+
+def squared_error_mean(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[M]`` mean over the last dim of ``(pred - target)^2`` for ``[M, P]`` inputs (MAE's per-token loss)."""
+    if target.requires_grad or not pred.requires_grad or pred.dim() != 2:
+        return (pred - target).square().mean(-1)
+    return _SquaredErrorMean.apply(pred, target)
+
+
 def _check_masked(batch: PackedBatch) -> PackedBatch:
     if batch.full is None:
         raise ValueError("a pretraining objective needs a batch from mmvit.pretrain.pack_masked (batch.full is None; "
@@ -202,7 +230,7 @@ class MAE(_Masked):
     def forward(self, batch: PackedBatch) -> ObjectiveOutput:
         pred = self.predict(batch)
         target = self.targets(batch, pred.slots)
-        per_token = (pred.values.float() - target).square().mean(-1)                  # [M]
+        per_token = squared_error_mean(pred.values.float(), target)                   # [M]
         losses, _ = per_example_mean(per_token, pred.example, batch.num_examples)
         return ObjectiveOutput(losses=losses, sums=self._sums(batch))
 
