@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                                             "instead of mmvit against padding and peers; 'all' runs both")
     parser.add_argument("--widths", help="step --precision: model widths (default 192,384,768: ViT-Ti/S/B)")
     parser.add_argument("--no-peers", action="store_true", help="leave vit-pytorch out of the step benchmark")
-    parser.add_argument("--encoder", help="pretrain: encoder WIDTHxDEPTH (default 256x6)")
-    parser.add_argument("--decoder", help="pretrain: MAE decoder / JEPA predictor WIDTHxDEPTH (default 128x2)")
+    parser.add_argument("--encoder", help="pretrain: encoder WIDTHxDEPTH (default 256x6; --tiny keeps its own)")
+    parser.add_argument("--decoder", help="pretrain: MAE decoder / JEPA predictor WIDTHxDEPTH (default 128x2; "
+                                          "--tiny keeps its own)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
