@@ -220,6 +220,7 @@ def pack(
     meta: Sequence[dict] | None = None,
     num_rows: int | None = None,
     keep: Sequence[torch.Tensor | None] | None = None,
+    pixels: bool = True,
 ) -> PackedBatch:
     """Patchify ``samples`` and pack them first-fit-decreasing into rows of exactly ``seq_len`` tokens.
 
@@ -237,6 +238,9 @@ def pack(
         keep: planned tokens (masked pretraining), instead of ``drop_rate``: per sample, the sorted visible
             token indices (row-major over (t, y, x)) or ``None`` for all tokens. Kept tokens keep their
             coordinates, as with dropping.
+        pixels: ``False`` lays the batch out without copying any pixels: ``patches`` is an empty
+            ``[B, L, 0]`` tensor, for a caller that fills it from another packing of the same samples
+            (:func:`mmvit.pretrain.pack_masked` gathers the visible tokens from its full batch).
 
     Raises:
         ValueError: an example (after dropping) is longer than ``seq_len``, or is smaller than a patch; ``keep``
@@ -313,14 +317,14 @@ def pack(
         fill.append(off - r * seq_len)
 
     # Pass 2: patchify each sample straight into its place (one copy of the pixels), zero the padding.
-    dim = channels * pt * ph * pw
+    dim = channels * pt * ph * pw if pixels else 0
     dtype = samples[0].dtype
     flat_p = torch.empty(n_rows * seq_len, dim, dtype=dtype)
-    for r in range(n_rows):
+    for r in range(n_rows if pixels else 0):
         used = fill[r] if r < len(fill) else 0
         if used < seq_len:
             flat_p[r * seq_len + used:(r + 1) * seq_len].zero_()
-    for i, start in zip(order, starts):
+    for i, start in zip(order if pixels else (), starts):
         x, (nt, nh, nw), idx = videos[i], grids[i], kept[i]
         # [C, nt*pt, nh*ph, nw*pw] -> [nt, nh, nw, C, pt, ph, pw]: row-major patches, channel-major inside.
         x = x[:, : nt * pt, : nh * ph, : nw * pw].view(channels, nt, pt, nh, ph, nw, pw).permute(1, 3, 5, 0, 2, 4, 6)

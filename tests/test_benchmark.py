@@ -77,6 +77,42 @@ def test_step():
     assert names[:2] == ["mmvit packed", "mmvit padded to largest"]
 
 
+def test_pretrain_rows_and_video_bar():
+    from mmvit.bench import pretrain
+    from mmvit.bench.common import ratio
+
+    report = pretrain.run(tiny=True, repeats=1)
+    _check(report)
+    rows = {r["variant"]: r for r in report.tables[0].rows}
+    assert ["supervised", "mae 0", "mae 0.75", "mae 0.9", "mae 0 (videos)", "mae 0.9 (videos)", "jepa"] == [
+        n for n in rows if not n.startswith("matmul")]
+    # Masking shrinks the encoder's input, never the decoder's: every token of the same inputs is decoded.
+    assert rows["mae 0"]["enc"] > rows["mae 0.75"]["enc"] > rows["mae 0.9"]["enc"] > 0
+    assert rows["mae 0 (videos)"]["enc"] > rows["mae 0.9 (videos)"]["enc"] > 0
+    assert rows["mae 0"]["dec"] == rows["mae 0.9"]["dec"] == report.params["tokens"]
+    assert rows["mae 0 (videos)"]["dec"] == rows["mae 0.9 (videos)"]["dec"] == report.params["video_tokens"]
+    assert report.params["video_tokens"] < report.params["tokens"]
+    # Encoder rows are sized to the visible tokens: shorter at higher ratios, never too short to hold them.
+    rows_of = {n: tuple(int(v) for v in r["rows"].split(" x ")) for n, r in rows.items() if "rows" in r}
+    for n, (b, length) in rows_of.items():
+        assert b * length >= rows[n]["enc"] and length <= report.params["seq_len"], n
+    assert rows_of["mae 0"][1] > rows_of["mae 0.75"][1] >= rows_of["mae 0.9"][1]
+    assert rows_of["mae 0 (videos)"][1] > rows_of["mae 0.9 (videos)"][1]
+    # Each speed-up is against mae 0 on the same inputs; the bar is the video one, from the same rounds.
+    assert rows["mae 0"]["speed"] == rows["mae 0 (videos)"]["speed"] == 1.0
+    (bar,) = report.bars
+    assert "video" in bar.name and bar.op == ">=" and bar.target == 3.0
+    times = report.raw["seconds_per_round"]
+    assert bar.measured == ratio(times, "mae 0 (videos)", "mae 0.9 (videos)")
+    assert all(math.isfinite(r["gflops"]) and r["gflops"] > 0 for r in rows.values())
+
+
+def test_pretrain_sizes_from_the_command_line():
+    main = _benchmark_main()
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--tiny", "--encoder", "256"])
+
+
 def test_step_flop_count_by_hand():
     from mmvit.bench.step import train_flops
 

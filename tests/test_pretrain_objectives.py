@@ -136,6 +136,44 @@ def test_norm_pix_per_channel_normalises_each_channel_slice_alone():
         norm_pix(x[:, :47], 1e-6, channels=3)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_norm_pix_keeps_its_input_and_the_out_of_place_values(channels):
+    # norm_pix divides its own temporary in place on broadcast statistics: the input is untouched, the values
+    # are bit for bit those of (x - mean) / sqrt(var + eps) with norm_pix_stats' [M, P] statistics, and a
+    # target that requires grad still back-propagates.
+    from mmvit.pretrain.objectives import norm_pix_stats
+
+    x = torch.randn(5, 1536) * 3 + 1
+    before = x.clone()
+    mean, var = norm_pix_stats(x, channels)
+    ref = (x - mean) / (var + 1e-6).sqrt()
+    assert torch.equal(norm_pix(x, 1e-6, channels), ref) and torch.equal(x, before)
+    y = x.clone().requires_grad_()
+    out = norm_pix(y, 1e-6, channels)
+    out.square().sum().backward()
+    assert torch.equal(out.detach(), ref) and torch.isfinite(y.grad).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_squared_error_mean_is_the_plain_expression_bit_for_bit(seed):
+    # MAE's per-token loss has its own backward (fewer [M, P] temporaries); values and gradients must be
+    # exactly those autograd gives for (pred - target).square().mean(-1).
+    from mmvit.pretrain.objectives import squared_error_mean
+
+    gen = torch.Generator().manual_seed(seed)
+    m, p = 37 + 20 * seed, 96 * (seed + 1)
+    pred, target = torch.randn(m, p, generator=gen) * 2, torch.randn(m, p, generator=gen)
+    weight = torch.rand(m, generator=gen)
+    a, b = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    plain = (a - target).square().mean(-1)
+    fused = squared_error_mean(b, target)
+    (plain * weight).sum().backward()
+    (fused * weight).sum().backward()
+    assert torch.equal(plain, fused) and torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        assert torch.equal(squared_error_mean(pred, target), plain)
+
+
 def test_mae_targets_are_the_masked_pixels_normalised_per_patch():
     gen = torch.Generator().manual_seed(0)
     samples = _others(gen)

@@ -79,6 +79,29 @@ def test_pack_masked_matches_brute_force(seed, preset):
     assert int(hit.sum()) == batch.num_tokens
 
 
+@pytest.mark.parametrize("preset", ["mae", "jepa"])
+def test_encoder_batch_is_pack_with_keep(preset):
+    # pack_masked cuts the pixels once (into the full batch) and gathers the encoder's from there: the result
+    # is exactly pack(keep=visible), pixel for pixel, at padding too.
+    ps = (2, 8, 8)
+    samples, visible, batch = _masked_batch(1, ps, preset=preset)
+    ref = mmvit.pack(samples, patch_size=ps, seq_len=10, keep=visible, labels=list(range(100, 100 + len(samples))))
+    for name in ("patches", "coords", "grid", "segment_ids", "example_ids", "labels"):
+        assert torch.equal(getattr(batch, name), getattr(ref, name)), name
+    assert batch.patches.dtype == ref.patches.dtype and batch.patches.is_contiguous()
+
+
+def test_pack_without_pixels_has_the_same_layout():
+    ps = (2, 8, 8)
+    samples, visible, _ = _masked_batch(0, ps)
+    for keep in (None, visible):
+        ref = mmvit.pack(samples, patch_size=ps, seq_len=20, keep=keep)
+        bare = mmvit.pack(samples, patch_size=ps, seq_len=20, keep=keep, pixels=False)
+        assert bare.patches.shape == (*ref.segment_ids.shape, 0)
+        for name in ("coords", "grid", "segment_ids", "example_ids"):
+            assert torch.equal(getattr(bare, name), getattr(ref, name)), name
+
+
 def test_to_and_pin_memory_carry_the_full_batch(monkeypatch):
     _, _, batch = _masked_batch()
     moved = batch.to("meta")

@@ -4,6 +4,7 @@
     python tools/benchmark.py {pack,attention,step,loader,decode,gpu} [--tiny] [--threads N] [--repeats N]
     python tools/benchmark.py step --precision fp32,bf16 [--widths 192,384,768]   # bf16 against fp32
     python tools/benchmark.py pretrain [--tiny]    # MAE at mask ratios 0 / 0.75 / 0.9 and JEPA vs supervised
+    python tools/benchmark.py pretrain --encoder 256x6 --decoder 128x2   # encoder / decoder (width x depth)
 
 Each subcommand runs its variants in one process on the same inputs, after warm-up, in interleaved rounds,
 and reports medians and ratios as markdown tables on stdout (and, with --out, as JSON with the machine).
@@ -29,6 +30,15 @@ from mmvit.bench.common import Report, busy_warning, machine_info
 NAMES = ("pack", "attention", "step", "loader", "decode", "gpu")
 
 
+def _width_depth(text: str) -> tuple[int, int]:
+    """``"256x6"`` -> ``(256, 6)``."""
+    try:
+        width, depth = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"expected WIDTHxDEPTH such as 256x6, got {text!r}") from None
+    return width, depth
+
+
 def run_one(name: str, args: argparse.Namespace) -> Report:
     kw = {"tiny": args.tiny, "seed": args.seed}
     if args.repeats is not None:
@@ -48,7 +58,8 @@ def run_one(name: str, args: argparse.Namespace) -> Report:
         return step.run(**kw, peers_enabled=not args.no_peers)
     if name == "pretrain":
         from mmvit.bench import pretrain
-        return pretrain.run(**kw)
+        sizes = {k: _width_depth(getattr(args, k)) for k in ("encoder", "decoder") if getattr(args, k, None)}
+        return pretrain.run(**kw, **sizes)
     if name == "loader":
         from mmvit.bench import io
         return io.run_loader(**kw, data_dir=args.data)
@@ -74,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                                             "instead of mmvit against padding and peers; 'all' runs both")
     parser.add_argument("--widths", help="step --precision: model widths (default 192,384,768: ViT-Ti/S/B)")
     parser.add_argument("--no-peers", action="store_true", help="leave vit-pytorch out of the step benchmark")
+    parser.add_argument("--encoder", help="pretrain: encoder WIDTHxDEPTH (default 256x6; --tiny keeps its own)")
+    parser.add_argument("--decoder", help="pretrain: MAE decoder / JEPA predictor WIDTHxDEPTH (default 128x2; "
+                                          "--tiny keeps its own)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

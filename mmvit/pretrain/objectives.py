@@ -77,14 +77,21 @@ def masked_tokens(batch: PackedBatch) -> torch.Tensor:
     return batch.grid.long().prod(1) - batch.lengths
 
 
+def _channel_groups(target: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[M, P]`` -> ``[M, channels, P / channels]`` (a view when ``target`` is contiguous): the values of
+    each colour channel of a patch together, channel-major as :func:`mmvit.packing.patchify` flattens."""
+    m, p = target.shape
+    if p % channels:
+        raise ValueError(f"{p} values per patch do not split into {channels} channels")
+    return target.reshape(m, channels, p // channels)
+
+
 def norm_pix_stats(target: torch.Tensor, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased variance of ``[M, P]`` pixels, per patch (``channels=1``) or per colour channel of each
     patch (``channels=C``: ``P = C * pt * ph * pw`` channel-major, as :func:`mmvit.packing.patchify` flattens);
     both ``[M, P]``, broadcast back over the values they were taken from."""
     m, p = target.shape
-    if p % channels:
-        raise ValueError(f"{p} values per patch do not split into {channels} channels")
-    x = target.reshape(m, channels, p // channels)
+    x = _channel_groups(target, channels)
     mean = x.mean(dim=-1, keepdim=True).expand_as(x).reshape(m, p)
     var = x.var(dim=-1, keepdim=True).expand_as(x).reshape(m, p)
     return mean, var
@@ -92,9 +99,47 @@ def norm_pix_stats(target: torch.Tensor, channels: int = 1) -> tuple[torch.Tenso
 
 def norm_pix(target: torch.Tensor, eps: float = 1e-6, channels: int = 1) -> torch.Tensor:
     """MAE's per-patch normalisation of ``[M, P]`` pixels: ``(x - mean) / sqrt(var + eps)``, unbiased var;
-    with ``channels=C`` each colour channel of a patch is normalised on its own (VideoMAE's rule)."""
-    mean, var = norm_pix_stats(target, channels)
-    return (target - mean) / (var + eps).sqrt()
+    with ``channels=C`` each colour channel of a patch is normalised on its own (VideoMAE's rule).
+
+    The same values as ``(target - mean) / (var + eps).sqrt()`` with :func:`norm_pix_stats`' ``[M, P]``
+    statistics, computed on ``[M, C, 1]`` statistics broadcast instead (no ``[M, P]`` copies of them), and
+    divided in place into the one ``[M, P]`` temporary, except when ``target`` requires grad (autograd then
+    needs the undivided numerator).
+    """
+    x = _channel_groups(target, channels)                      # [M, C, P/C]
+    mean = x.mean(dim=-1, keepdim=True)                        # [M, C, 1]
+    std = (x.var(dim=-1, keepdim=True) + eps).sqrt()           # [M, C, 1]
+    out = x - mean                                             # [M, C, P/C], a new tensor
+    out = out / std if out.requires_grad else out.div_(std)
+    return out.view(target.shape)
+
+
+class _SquaredErrorMean(torch.autograd.Function):
+    """``(pred - target).square().mean(-1)``: ``[M, P]`` -> ``[M]``, the gradient with one ``[M, P]`` temporary.
+
+    Autograd's backward of that expression builds the expanded mean gradient ``g / P``, ``d.pow(1)``, ``2 * d``
+    and their product, each ``[M, P]`` (M masked tokens of P pixel values: megabytes per step). This one
+    computes the same products, ``(2 * d) * (g / P)``, into a single tensor: the same values, bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        d = pred - target                                                  # [M, P]
+        ctx.save_for_backward(d)
+        return d.square().mean(-1)                                         # [M]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (d,) = ctx.saved_tensors
+        return (2 * d).mul_((grad / d.shape[-1])[:, None]), None
+
+
+def squared_error_mean(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[M]`` mean over the last dim of ``(pred - target)^2`` for ``[M, P]`` inputs (MAE's per-token loss)."""
+    if target.requires_grad or not pred.requires_grad or pred.dim() != 2:
+        return (pred - target).square().mean(-1)
+    return _SquaredErrorMean.apply(pred, target)
 
 
 def _check_masked(batch: PackedBatch) -> PackedBatch:
@@ -185,7 +230,7 @@ class MAE(_Masked):
     def forward(self, batch: PackedBatch) -> ObjectiveOutput:
         pred = self.predict(batch)
         target = self.targets(batch, pred.slots)
-        per_token = (pred.values.float() - target).square().mean(-1)                  # [M]
+        per_token = squared_error_mean(pred.values.float(), target)                   # [M]
         losses, _ = per_example_mean(per_token, pred.example, batch.num_examples)
         return ObjectiveOutput(losses=losses, sums=self._sums(batch))
 

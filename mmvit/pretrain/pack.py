@@ -112,16 +112,35 @@ def pack_masked(
         if v is None or not 0 < len(v) < nt * nh * nw:
             raise ValueError(f"sample {i}: a mask needs at least one visible and one masked token out of "
                              f"{nt * nh * nw}, got {None if v is None else len(v)} visible")
+    # The pixels are cut once, into the full batch; the encoder batch is laid out without pixels and then
+    # gathers its visible tokens from there (a copy of the visible pixels only, however high the mask ratio).
     parent = pack(samples, patch_size=patch_size, seq_len=seq_len, num_rows=num_rows, labels=labels, tasks=tasks,
-                  meta=meta, max_per_row=max_per_row, keep=list(visible))
+                  meta=meta, max_per_row=max_per_row, keep=list(visible), pixels=False)
     full = pack(samples, patch_size=patch_size, seq_len=full_seq_len, num_rows=full_rows, labels=labels, tasks=tasks,
                 meta=meta, max_per_row=max_per_row)
     rank = torch.empty_like(parent.example_ids)
     rank[parent.example_ids] = torch.arange(parent.num_examples)    # input index -> parent example index
     parent_index = rank[full.example_ids]
-    full = dataclasses.replace(full, parent_index=parent_index,
-                               visible_index=visible_index(parent, full, parent_index))
-    return dataclasses.replace(parent, full=full)
+    vis_index = visible_index(parent, full, parent_index)           # [B_f, L_f] parent slot or -1
+    full = dataclasses.replace(full, parent_index=parent_index, visible_index=vis_index)
+    return dataclasses.replace(parent, patches=gather_visible(full, parent.segment_ids.shape), full=full)
+
+
+def gather_visible(full: PackedBatch, shape: tuple[int, int]) -> torch.Tensor:
+    """``[B, L, P]`` patches of the encoder batch of ``shape`` from ``full``: each visible token's pixels
+    copied from its slot in ``full.patches`` to its slot ``full.visible_index`` says, zeros at padding."""
+    src = full.patches.reshape(-1, full.patches.shape[-1])                       # [B_f*L_f, P]
+    vi = full.visible_index.reshape(-1)                                          # [B_f*L_f]
+    f_slots = torch.nonzero(vi >= 0, as_tuple=True)[0]                           # [N_vis] full slots
+    # For every encoder slot the full slot to read (padding reads slot 0 and is zeroed after): one
+    # index_select writes each output row once, where zeros + index_put would write the visible rows twice.
+    source = torch.zeros(shape[0] * shape[1], dtype=torch.long, device=vi.device)  # [B*L]
+    source[vi[f_slots]] = f_slots
+    padding = torch.ones(shape[0] * shape[1], dtype=torch.bool, device=vi.device)
+    padding[vi[f_slots]] = False
+    out = src.index_select(0, source)                                            # [B*L, P]
+    out.index_fill_(0, torch.nonzero(padding, as_tuple=True)[0], 0)
+    return out.view(*shape, src.shape[-1])
 
 
 def masked_fraction(batch: PackedBatch) -> torch.Tensor:
