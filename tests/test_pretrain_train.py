@@ -210,11 +210,13 @@ def test_fit_full_rows_sizes_each_stage_and_resumes_with_the_same_shapes():
     fixed, _ = _stream(_masked_data(*_tiny("data.full_batch_rows=4")))
     assert all(b.full.shape == (4, 96) for b in fixed)
     assert worst_padding(batches) < worst_padding(fixed), (worst_padding(batches), worst_padding(fixed))
-    head, state = _stream(data, stop_at=3)
-    tail, _ = _stream(data, state=state, n=3)
-    for a, b in zip(batches[3:], tail):
-        assert a.full.shape == b.full.shape and torch.equal(a.full.segment_ids, b.full.segment_ids)
-        assert torch.equal(a.patches, b.patches) and a.stage_id == b.stage_id
+    for stop in (1, 3):   # before the stage change (its rows are measured after the resume) and after it
+        _, state = _stream(data, stop_at=stop)
+        tail, _ = _stream(data, state=state, n=len(batches) - stop)   # the stage changes after batch 2 of the run
+        assert [b.index for b in tail] == [b.index for b in batches[stop:]]
+        for a, b in zip(batches[stop:], tail):
+            assert a.full.shape == b.full.shape and torch.equal(a.full.segment_ids, b.full.segment_ids), stop
+            assert torch.equal(a.patches, b.patches) and a.stage_id == b.stage_id
 
 
 # -- the loss --------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def selection_padding(data: dict, tables, stage, n: int, seed: int) -> tuple[lis
             worker.refill()
             patch = worker.patch_for(g, st)
             plans = {w.draw.j: worker.plan(w, st, patch) for w in worker.waiting}
-            keys = set(worker._select_masked(plans, [], 0))   # one stage: id 0
+            keys = set(worker._select_masked(plans, [], 0, st, patch))   # one stage: id 0
             assert keys, "an empty batch"
             cap_f = cfg.full_batch_rows * worker.full_len(0)  # data.fit_full_rows: this stage's length
             pad_e.append(1 - sum(plans[k].kept for k in keys) / cap_e)

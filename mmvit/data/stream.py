@@ -110,6 +110,8 @@ class _Worker:
                                    where=f"rank {ds.rank} worker {role}", record_paths=not ds.train)
         self.waiting: list[Waiting] = []
         self.full_lens: dict[int, int] = {}  # data.fit_full_rows: each stage's full row length (stage id -> L)
+        # The last 4 x pack_buffer admissions, selected or still waiting: a sample of the stream as it comes in.
+        self.recent: collections.deque = collections.deque(maxlen=4 * self.cfg.pack_buffer)
         self.exhausted = False
         self.bad_run = 0  # bad draws in a row: an endless stream of nothing but bad samples must end
         self.rate_fn = make_rate_fn(self.cfg.drop_rate) if ds.train else None
@@ -119,22 +121,29 @@ class _Worker:
 
     # --- state ---------------------------------------------------------------------------------------------
     def state(self) -> dict:
-        replay = self.waiting[0].draw.pre if self.waiting else self.mixer.state()
-        return {"replay": replay, "waiting": [w.draw.j for w in self.waiting], "next_j": self.mixer.j,
-                "exhausted": self.exhausted, "counts": self.counter.state(),
-                "full_lens": sorted([k, v] for k, v in self.full_lens.items())}
+        # With fit_full_rows the recent admissions are part of the state (a stage that begins after a resume
+        # measures its full rows on them): the replay then starts at the oldest of them or of the waiting.
+        held = [*self.waiting[:1], *(list(self.recent)[:1] if self.cfg.fit_full_rows else [])]
+        replay = min(held, key=lambda w: w.draw.j).draw.pre if held else self.mixer.state()
+        out = {"replay": replay, "waiting": [w.draw.j for w in self.waiting], "next_j": self.mixer.j,
+               "exhausted": self.exhausted, "counts": self.counter.state()}
+        if self.cfg.fit_full_rows:
+            out["full_lens"] = sorted([k, v] for k, v in self.full_lens.items())
+            out["recent"] = [w.draw.j for w in self.recent]
+        return out
 
     def load(self, state: dict | None) -> None:
         if not state:
             return
         self.mixer.seek(state["replay"])
-        waiting = set(state["waiting"])
-        while self.mixer.j < state["next_j"]:  # replay the draws, keep the ones still waiting
+        waiting, recent = set(state["waiting"]), set(state.get("recent", []))
+        while self.mixer.j < state["next_j"]:  # replay the draws, keep the ones still waiting (and recent)
             draw = self.mixer.next()
             if draw is None:
                 break
-            if draw.j in waiting:
-                self._admit(draw)
+            if draw.j in waiting or draw.j in recent:
+                self._admit(draw, wait=draw.j in waiting)
+        self.recent = collections.deque((w for w in self.recent if w.draw.j in recent), maxlen=self.recent.maxlen)
         self.exhausted = bool(state.get("exhausted", False))
         self.counter.load(state.get("counts"))  # the counts as they were (the replay counted again)
         self.full_lens = {int(k): int(v) for k, v in state.get("full_lens", [])}
@@ -147,7 +156,8 @@ class _Worker:
         draw.item.failed = True
         self.counter.skip(err, counted_ok=admitted)
 
-    def _admit(self, draw: Draw) -> None:
+    def _admit(self, draw: Draw, wait: bool = True) -> None:
+        """Check and probe a draw; it joins the waiting buffer (``wait``) and the recent admissions."""
         item = draw.item
         if item.failed:
             return
@@ -172,7 +182,10 @@ class _Worker:
         self.bad_run = 0
         if draw.view <= 0:  # a sample counts once, not once per evaluation view
             self.counter.ok()
-        self.waiting.append(Waiting(draw, info))
+        admitted = Waiting(draw, info)
+        if wait:
+            self.waiting.append(admitted)
+        self.recent.append(admitted)
 
     def _probe(self, item) -> dict:
         if item.kind == "image":
@@ -308,7 +321,7 @@ class _Worker:
                 break
             plans = {w.draw.j: self.plan(w, stage, patch) for w in self.waiting}
             if self.mask is not None:
-                keys = self._select_masked(plans, chosen, stage_id)
+                keys = self._select_masked(plans, chosen, stage_id, stage, patch)
             else:
                 keys = select_examples([(w.draw.j, plans[w.draw.j].kept) for w in self.waiting], cfg.seq_len,
                                        cfg.batch_rows, cfg.max_per_row, fixed=[c[1].kept for c in chosen])
@@ -353,32 +366,36 @@ class _Worker:
         return StreamBatch(**fields, index=g, stage_id=stage_id, role=self.role, worker_state=self.state(),
                            skip_counts=self.counter.state())
 
-    def full_len(self, stage_id: int, plans: dict | None = None) -> int:
+    def full_len(self, stage_id: int, plans: dict | None = None, stage: Stage | None = None,
+                 patch: PatchSize | None = None) -> int:
         """The full rows' length in this stage: ``data.full_seq_len``, or with ``data.fit_full_rows`` the length
         that makes the two packings' capacities stand as the stage's visible and all tokens do.
 
         That ratio is measured once per stage, on the plans of the examples waiting at the stage's first batch
-        (``pack_buffer`` examples at this stage's sizes and masks, weighted per source as the stream mixes
-        them), and kept in the worker's
-        state, so the shape is fixed within the stage and a resumed run reproduces it. It is never below
+        (the last ``4 * pack_buffer`` examples admitted, planned at this stage's sizes and masks, weighted per
+        source as the stream mixes them), and kept in the worker's state, so the shape is fixed within the stage and a resumed run reproduces it. It is never below
         ``full_seq_len`` (examples are sized to fit that) nor above twice it (memory stays bounded).
         """
         cfg = self.cfg
         if not cfg.fit_full_rows:
             return int(cfg.full_seq_len)
         if stage_id not in self.full_lens:
-            if plans is None:
+            if plans is None or stage is None or patch is None:
                 raise RuntimeError(f"stage {stage_id}: the full row length is measured at its first selection")
-            # Per source, the mean visible and all tokens of its waiting examples at this stage's sizes and
-            # masks, mixed by the sources' weights: the buffer itself over-holds what the selection takes
-            # least readily, the stream brings the sources in their weights' proportions.
+            # The last pack_buffer examples admitted (planned at this stage's sizes and masks): the stream as
+            # it comes in. The waiting buffer is no such sample once batches have been taken from it: it
+            # over-holds what the selection takes least readily (measured on the demo's JEPA mix: full row
+            # lengths 260-388 from it at the stage changes, where the admitted sample gives the stage's share).
+            # Per source, its mean visible and all tokens; mixed by the sources' weights (the stream's
+            # expected mix), not by how many of each the sample happens to hold.
             by_source: dict[int, list[tuple[int, int]]] = {}
-            for w in self.waiting:
-                p = plans.get(w.draw.j)
-                if p is not None and p.visible is not None:
+            for w in self.recent:
+                p = plans[w.draw.j] if w.draw.j in plans else self.plan(w, stage, patch)
+                if p.visible is not None:
                     by_source.setdefault(w.draw.sid, []).append((p.kept, p.tokens))
-            kept = sum(self.mixer.weights[sid] * np.mean([k for k, _ in v]) for sid, v in by_source.items())
-            tokens = sum(self.mixer.weights[sid] * np.mean([t for _, t in v]) for sid, v in by_source.items())
+            weights = self.mixer.weights
+            kept = sum(weights[sid] * np.mean([k for k, _ in v]) for sid, v in by_source.items())
+            tokens = sum(weights[sid] * np.mean([t for _, t in v]) for sid, v in by_source.items())
             length = cfg.full_seq_len
             if kept > 0 and tokens > 0:
                 # capacities rows*seq_len : full_rows*L = kept : tokens  =>  L = rows*seq_len*tokens / (kept*full_rows)
@@ -386,7 +403,7 @@ class _Worker:
             self.full_lens[stage_id] = int(min(max(length, cfg.full_seq_len), 2 * cfg.full_seq_len))
         return self.full_lens[stage_id]
 
-    def _select_masked(self, plans: dict, chosen: list, stage_id: int) -> list:
+    def _select_masked(self, plans: dict, chosen: list, stage_id: int, stage: Stage, patch: PatchSize) -> list:
         """Masked pretraining: skip (and count) examples that cannot be packed masked (a single token, or more
         visible tokens than an encoder row holds), then choose for both packings."""
         cfg = self.cfg
@@ -399,7 +416,8 @@ class _Worker:
                 self.waiting.remove(w)
                 self._fail(BadSample("other", w.draw.item.path, why), w.draw, admitted=True)
         return select_masked([(w.draw.j, plans[w.draw.j].kept, plans[w.draw.j].tokens) for w in self.waiting],
-                             cfg.seq_len, cfg.batch_rows, self.full_len(stage_id, plans), cfg.full_batch_rows,
+                             cfg.seq_len, cfg.batch_rows, self.full_len(stage_id, plans, stage, patch),
+                             cfg.full_batch_rows,
                              cfg.max_per_row,
                              fixed=[(c[1].kept, c[1].tokens) for c in chosen])
 
