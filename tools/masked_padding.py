@@ -4,12 +4,13 @@
 
 Padding depends only on which examples each batch takes, and the selection depends only on the planned token
 counts (visible and all), not on pixels. So by default this drives the training stream's own worker (its
-buffer, per-example plans with masks, and ``select_masked``) without decoding, for ``--batches`` batches per
-distinct stage of the config's curriculum: seconds instead of minutes of video decoding, and the same
-batches as the loader gives when no sample fails to decode. The schedule's mean weights each stage by its
-steps. A stage's mean is close to its steady state: a buffer of ``pack_buffer`` examples cannot make up for
-a stream whose visible/all token ratio differs from the two packings' capacity ratio, so one packing pads by
-about that mismatch however the selection chooses. ``--decode N`` also reads N batches per stage
+buffer, per-example plans with masks, and ``select_masked``) without decoding, through the stages of the
+config's curriculum in order (one worker, as in a run: a stage starts from the buffer the previous one
+left), for each stage its steps or ``--batches`` batches, whichever is fewer: seconds instead of minutes of
+video decoding, and the same batches as the loader gives when no sample fails to decode. The schedule's mean
+weights each stage by its steps. A buffer of ``pack_buffer`` examples cannot make up for a stream whose
+visible/all token ratio differs from the two packings' capacity ratio: one packing then pads by about that
+mismatch however the selection chooses (``data.fit_full_rows`` sizes the full rows per stage to avoid it). ``--decode N`` also reads N batches per stage
 through the real loader (one worker) and reports their padding from the packed batches' own segment ids, as
 a check of the fast path.
 """
@@ -53,39 +54,38 @@ def stages(cfg, data: dict) -> list[tuple[str, int, int, object]]:
     return [tuple(r) for r in out.values()]
 
 
-def _shape(stage) -> str:
-    """A stage's shape without its name and cost: stages of equal shape give the same batches."""
-    d = stage.to_dict()
-    d.pop("name"), d.pop("cost")
-    return repr(sorted(d.items()))
-
-
-def selection_padding(data: dict, tables, stage, n: int, seed: int) -> tuple[list[float], list[float], list[int]]:
-    """Per batch: encoder-row padding, full-row padding, examples; from the stream's selection alone (with
-    ``data.fit_full_rows``, the full rows at the length the worker chose for the stage)."""
-    loader, _ = build_loader(data, split="train", rank=0, world_size=1, seed=seed, stage=stage, train=True,
+def selection_padding(data: dict, tables, schedule, n: int, seed: int) -> list[tuple[list[float], list[float], list[int]]]:
+    """Per stage of ``schedule`` (in order, one worker carried through all of them as in a run, so each stage
+    starts from the buffer the previous one left), per batch: encoder-row padding, full-row padding, examples;
+    from the stream's selection alone (with ``data.fit_full_rows``, the full rows at the length the worker
+    chose for the stage)."""
+    loader, _ = build_loader(data, split="train", rank=0, world_size=1, seed=seed, stage=schedule[0][3], train=True,
                              tables=tables)
     ds = loader.dataset
     cfg = ds.cfg
-    st = make_stage(cfg, stage)
     worker = _Worker(ds, 0, 1)
     cap_e = cfg.batch_rows * cfg.seq_len
-    pad_e, pad_f, count = [], [], []
+    out, g = [], 0
     try:
-        for g in range(n):
-            worker.refill()
-            patch = worker.patch_for(g, st)
-            plans = {w.draw.j: worker.plan(w, st, patch) for w in worker.waiting}
-            keys = set(worker._select_masked(plans, [], 0, st, patch))   # one stage: id 0
-            assert keys, "an empty batch"
-            cap_f = cfg.full_batch_rows * worker.full_len(0)  # data.fit_full_rows: this stage's length
-            pad_e.append(1 - sum(plans[k].kept for k in keys) / cap_e)
-            pad_f.append(1 - sum(plans[k].tokens for k in keys) / cap_f)
-            count.append(len(keys))
-            worker.waiting = [w for w in worker.waiting if w.draw.j not in keys]
+        for sid, (_, _, steps, stage) in enumerate(schedule):
+            st = make_stage(cfg, stage)
+            pad_e, pad_f, count = [], [], []
+            for _ in range(min(n, steps)):
+                worker.refill()
+                patch = worker.patch_for(g, st)
+                plans = {w.draw.j: worker.plan(w, st, patch) for w in worker.waiting}
+                keys = set(worker._select_masked(plans, [], sid, st, patch))
+                assert keys, "an empty batch"
+                cap_f = cfg.full_batch_rows * worker.full_len(sid)
+                pad_e.append(1 - sum(plans[k].kept for k in keys) / cap_e)
+                pad_f.append(1 - sum(plans[k].tokens for k in keys) / cap_f)
+                count.append(len(keys))
+                worker.waiting = [w for w in worker.waiting if w.draw.j not in keys]
+                g += 1
+            out.append((pad_e, pad_f, count))
     finally:
         worker.close()
-    return pad_e, pad_f, count
+    return out
 
 
 def loader_padding(data: dict, tables, stage, n: int, seed: int) -> tuple[list[float], list[float]]:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--set", nargs="*", default=[], help="config overrides (key=value)")
-    p.add_argument("--batches", type=int, default=300, help="batches per stage (selection only)")
+    p.add_argument("--batches", type=int, default=300, help="batches per stage at most (selection only)")
     p.add_argument("--decode", type=int, default=0, help="also this many batches per stage through the loader")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -118,12 +118,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{r.full_seq_len}], pack_buffer {r.pack_buffer}; {args.batches} batches per stage")
     print(f"{'stage':<14} {'step':>5} {'enc mean':>9} {'enc max':>8} {'full mean':>9} {'full max':>8} "
           f"{'ex/batch':>8}" + (f" {'enc (loader)':>12} {'full (loader)':>13}" if args.decode else ""))
-    weighted, done = [], {}
-    for name, start, steps, stage in stages(cfg, data):
-        key = _shape(stage)
-        if key not in done:  # the multigrid's first phases can clamp to one shape (min_frames, min_size)
-            done[key] = selection_padding(data, tables, stage, args.batches, args.seed)
-        pe, pf, cnt = done[key]
+    schedule = stages(cfg, data)
+    weighted = []
+    for (name, start, steps, stage), (pe, pf, cnt) in zip(schedule, selection_padding(data, tables, schedule,
+                                                                                      args.batches, args.seed)):
         weighted.append((steps, np.mean(pe), np.mean(pf)))
         line = (f"{name:<14} {start:>5} {np.mean(pe):>9.2%} {np.max(pe):>8.2%} {np.mean(pf):>9.2%} "
                 f"{np.max(pf):>8.2%} {np.mean(cnt):>8.1f}")
