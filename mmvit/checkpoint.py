@@ -43,6 +43,7 @@ CLASSES_NAME = "classes.json"
 CHECKPOINTS_DIR = "checkpoints"
 CONFIG_KEY = "config"      # client-state key of the full config dict
 CLASSES_KEY = "classes"    # client-state key of the class tables
+FROZEN_KEY = "frozen"      # client-state key of the frozen parameters, whole (ZeRO-3 saves, rank 0's file)
 _TAG = re.compile(r"^global_step(\d+)$")
 
 

@@ -318,17 +318,20 @@ def test_resume_auto_reproduces_the_uninterrupted_run(tmp_path, objective, stage
 
 
 @pytest.mark.slow
-def test_jepa_universal_checkpoint_resumes_target_encoder(tmp_path):
-    """A 2-rank ZeRO-1 JEPA checkpoint converted by ds_to_universal resumes on one rank with its target
-    encoder (a frozen submodule, which the universal optimizer state does not hold)."""
+@pytest.mark.parametrize("stage", [1, 3])
+def test_jepa_universal_checkpoint_resumes_target_encoder(tmp_path, stage):
+    """A 2-rank ZeRO-1 or ZeRO-3 JEPA checkpoint converted by ds_to_universal resumes on one rank (same stage)
+    with its target encoder (a frozen submodule, which the universal optimizer state does not hold; under
+    ZeRO-3 the module state holds only placeholders of it, the client state its whole values)."""
+    zero = f"deepspeed.zero_optimization.stage={stage}"
     ref = str(tmp_path / "ref")
-    _train(ref, JEPA, "train.steps=3")
+    _train(ref, JEPA, "train.steps=3", zero)
     src = os.path.join(ref, "checkpoints", "global_step3")
     uni = str(tmp_path / "uni")
     _run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", src, "--output_folder",
           uni, "--num_extract_workers", "1", "--num_merge_workers", "1"], 300)
     at = str(tmp_path / "at")
-    _train(at, JEPA, "train.steps=3", ranks=1, resume=uni)  # loads, trains nothing, exports
+    _train(at, JEPA, "train.steps=3", zero, ranks=1, resume=uni)  # loads, trains nothing, exports
     a, b = _weights(os.path.join(ref, "model.safetensors")), _weights(os.path.join(at, "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -70,20 +70,31 @@ def restore_frozen(module: nn.Module, tag_dir: str) -> list[str]:
     A universal checkpoint (DeepSpeed's ds_to_universal) holds the optimizer's parameters only, and DeepSpeed
     does not load the module state when it resumes from one, so without this a frozen submodule would restart
     from its initial values. ZeRO 0-2 save frozen parameters whole in the module state; a ZeRO-3 save holds
-    placeholders there, which raise here.
+    placeholders there and its whole values in the client state (``checkpoint.FROZEN_KEY``, rank 0's file).
+    ``module`` may itself be ZeRO-3 partitioned: each parameter is then gathered, set and re-partitioned.
     """
     from mmvit import checkpoint as ckpt
 
     frozen = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
     if not frozen:
         return []
-    saved = ckpt.client_state(tag_dir).get("module") or {}
+    client = ckpt.client_state(tag_dir)
+    whole = client.get(ckpt.FROZEN_KEY) or {}
+    saved = client.get("module") or {}
     for name, p in frozen:
-        value = saved.get(name)
-        if value is None or tuple(value.shape) != tuple(p.shape) or hasattr(p, "ds_tensor"):
-            raise ValueError(f"{tag_dir}: no whole saved value of the frozen parameter {name!r} (a universal "
-                             f"checkpoint made from a ZeRO-3 run keeps none); resume from the original checkpoint")
-        p.copy_(value.to(p.dtype))
+        value = whole.get(name, saved.get(name))
+        shape = tuple(p.ds_shape) if hasattr(p, "ds_shape") else tuple(p.shape)
+        if value is None or tuple(value.shape) != shape:
+            raise ValueError(f"{tag_dir}: no whole saved value of the frozen parameter {name!r} (a ZeRO-3 "
+                             f"checkpoint written before frozen parameters were saved whole keeps none); resume "
+                             f"from the original checkpoint")
+        if hasattr(p, "ds_tensor"):   # ZeRO-3: gather, set on every rank (all read the same file), re-partition
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                p.copy_(value.to(p.dtype))
+        else:
+            p.copy_(value.to(p.dtype))
     return [n for n, _ in frozen]
 
 

@@ -263,6 +263,26 @@ class Engine:
                 return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
         return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
 
+    def frozen_state(self) -> dict[str, torch.Tensor] | None:
+        """Under ZeRO-3, the frozen parameters (``requires_grad=False``: JEPA's target encoder, an unused pool)
+        whole, fp32, on CPU, on rank 0 (``None`` elsewhere and at other stages). Collective: every rank calls it.
+
+        ZeRO-3 saves sharded placeholders of every parameter in the module state, and DeepSpeed's universal
+        checkpoint keeps the optimised parameters only, so a frozen submodule is in neither in a usable form;
+        the client state carries it instead (:func:`mmvit.objectives.base.restore_frozen` reads it back).
+        """
+        if self.zero_stage != 3:
+            return None
+        import deepspeed
+        import torch.distributed as dist
+
+        frozen = [(n, p) for n, p in self.module.named_parameters() if not p.requires_grad]
+        if not frozen:
+            return None
+        with deepspeed.zero.GatheredParameters([p for _, p in frozen], modifier_rank=None):
+            values = {n: p.detach().float().cpu().clone() for n, p in frozen}
+        return values if dist.get_rank() == 0 else None
+
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
         """``save_checkpoint`` on every rank, with the key DeepSpeed's universal-checkpoint converter needs."""

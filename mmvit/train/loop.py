@@ -228,6 +228,7 @@ def _save_checkpoint(ctx: Context, state: RunState) -> str:
         "world_size": ctx.world_size, "data": dist.all_gather_object(ctx.control.state_dict()),
         "rng": dist.all_gather_object(rngs.rng_state()), "ema": ctx.ema.state_dict() if ctx.ema is not None else None,
         ckpt.CONFIG_KEY: ctx.cfg.to_dict(), ckpt.CLASSES_KEY: ctx.classes,
+        ckpt.FROZEN_KEY: ctx.engine.frozen_state(),   # ZeRO-3 only (collective); None otherwise
     }
     t0 = time.perf_counter()
     ctx.engine.save(ckpt_dir, tag, client)
