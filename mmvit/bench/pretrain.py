@@ -130,12 +130,13 @@ def run(tiny: bool = False, repeats: int = 5, seed: int = 0, encoder: tuple[int,
     variants["supervised"] = _trainer(sup, lambda: mmvit.pack(samples, patch_size=ps, seq_len=seq_len, labels=labels))
     examples["supervised"], baseline["supervised"] = len(samples), "mae 0"
 
-    shapes: dict[str, tuple[float, float, int, int]] = {"supervised": (mmvit.pack(
-        samples, patch_size=ps, seq_len=seq_len).padding_fraction, float("nan"), sum(lengths), 0)}
+    sup_batch = mmvit.pack(samples, patch_size=ps, seq_len=seq_len)
+    shapes: dict[str, tuple[float, float, int, int]] = {"supervised": (sup_batch.padding_fraction, float("nan"),
+                                                                       sum(lengths), 0)}
     flops = {"supervised": 3 * transformer_flops(lengths, w, enc["depth"], enc["mlp_dim"])
              + 4 * sum(lengths) * 3 * 2 * p * p * w}
 
-    enc_rows: dict[str, tuple[int, int]] = {"supervised": mmvit.pack(samples, patch_size=ps, seq_len=seq_len).shape}
+    enc_rows: dict[str, tuple[int, int]] = {"supervised": sup_batch.shape}
 
     def masked(name: str, kind: str, mask: MaskConfig, cfg: dict, suffix: str = "") -> None:
         name += suffix

@@ -123,7 +123,7 @@ class _Worker:
     def state(self) -> dict:
         # With fit_full_rows the recent admissions are part of the state (a stage that begins after a resume
         # measures its full rows on them): the replay then starts at the oldest of them or of the waiting.
-        held = [*self.waiting[:1], *(list(self.recent)[:1] if self.cfg.fit_full_rows else [])]
+        held = self.waiting[:1] + ([self.recent[0]] if self.cfg.fit_full_rows and self.recent else [])
         replay = min(held, key=lambda w: w.draw.j).draw.pre if held else self.mixer.state()
         out = {"replay": replay, "waiting": [w.draw.j for w in self.waiting], "next_j": self.mixer.j,
                "exhausted": self.exhausted, "counts": self.counter.state()}
@@ -371,10 +371,10 @@ class _Worker:
         """The full rows' length in this stage: ``data.full_seq_len``, or with ``data.fit_full_rows`` the length
         that makes the two packings' capacities stand as the stage's visible and all tokens do.
 
-        That ratio is measured once per stage, on the plans of the examples waiting at the stage's first batch
-        (the last ``4 * pack_buffer`` examples admitted, planned at this stage's sizes and masks, weighted per
-        source as the stream mixes them), and kept in the worker's state, so the shape is fixed within the stage and a resumed run reproduces it. It is never below
-        ``full_seq_len`` (examples are sized to fit that) nor above twice it (memory stays bounded).
+        That ratio is measured once per stage, at its first batch, on the last ``4 * pack_buffer`` examples
+        admitted (planned at this stage's sizes and masks, weighted per source as the stream mixes them), and
+        kept in the worker's state, so the shape is fixed within the stage and a resumed run reproduces it. It
+        is never below ``full_seq_len`` (examples are sized to fit that) nor above twice it (bounded memory).
         """
         cfg = self.cfg
         if not cfg.fit_full_rows:
@@ -382,12 +382,11 @@ class _Worker:
         if stage_id not in self.full_lens:
             if plans is None or stage is None or patch is None:
                 raise RuntimeError(f"stage {stage_id}: the full row length is measured at its first selection")
-            # The last pack_buffer examples admitted (planned at this stage's sizes and masks): the stream as
-            # it comes in. The waiting buffer is no such sample once batches have been taken from it: it
-            # over-holds what the selection takes least readily (measured on the demo's JEPA mix: full row
-            # lengths 260-388 from it at the stage changes, where the admitted sample gives the stage's share).
-            # Per source, its mean visible and all tokens; mixed by the sources' weights (the stream's
-            # expected mix), not by how many of each the sample happens to hold.
+            # The recent admissions are the stream as it comes in. The waiting buffer is no such sample once
+            # batches have been taken from it: it over-holds what the selection takes least readily (measured
+            # on the demo's JEPA mix: full row lengths 260-388 from it at the stage changes). Per source, its
+            # mean visible and all tokens, mixed by the sources' weights (the stream's expected mix), not by how
+            # many of each the sample happens to hold.
             by_source: dict[int, list[tuple[int, int]]] = {}
             for w in self.recent:
                 p = plans[w.draw.j] if w.draw.j in plans else self.plan(w, stage, patch)
@@ -417,8 +416,7 @@ class _Worker:
                 self._fail(BadSample("other", w.draw.item.path, why), w.draw, admitted=True)
         return select_masked([(w.draw.j, plans[w.draw.j].kept, plans[w.draw.j].tokens) for w in self.waiting],
                              cfg.seq_len, cfg.batch_rows, self.full_len(stage_id, plans, stage, patch),
-                             cfg.full_batch_rows,
-                             cfg.max_per_row,
+                             cfg.full_batch_rows, cfg.max_per_row,
                              fixed=[(c[1].kept, c[1].tokens) for c in chosen])
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mmvit.packing import PackedBatch, unpatchify
-from mmvit.pretrain.objectives import norm_pix_stats
+from mmvit.pretrain.objectives import unnorm_pix
 
 log = logging.getLogger("mmvit.eval")
 
@@ -114,8 +114,7 @@ def reconstruct(objective, samples: Sequence[torch.Tensor], kinds: Sequence[str]
     flat = full.patches.reshape(-1, full.patches.shape[-1]).clone()
     values = pred.values.float()
     if objective.cfg.norm_pix_loss:   # back to pixels with the true patch's own mean and variance
-        mean, var = norm_pix_stats(flat[pred.slots], objective.norm_channels)
-        values = values * (var + objective.cfg.norm_pix_eps).sqrt() + mean
+        values = unnorm_pix(values, flat[pred.slots], objective.cfg.norm_pix_eps, objective.norm_channels)
     recon = flat.clone()
     recon[pred.slots] = values
     masked = flat.clone()

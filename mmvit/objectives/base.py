@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 
@@ -62,6 +63,12 @@ class Objective(nn.Module):
         return next(name for name, m in self.named_modules() if m is target) + "."
 
 
+def _gathered(p: nn.Parameter):
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([p], modifier_rank=0)
+
+
 @torch.no_grad()
 def restore_frozen(module: nn.Module, tag_dir: str) -> list[str]:
     """Copy the frozen parameters (``requires_grad=False``: JEPA's target encoder, an encoder's unused pooling)
@@ -88,12 +95,8 @@ def restore_frozen(module: nn.Module, tag_dir: str) -> list[str]:
             raise ValueError(f"{tag_dir}: no whole saved value of the frozen parameter {name!r} (a ZeRO-3 "
                              f"checkpoint written before frozen parameters were saved whole keeps none); resume "
                              f"from the original checkpoint")
-        if hasattr(p, "ds_tensor"):   # ZeRO-3: gather, set on every rank (all read the same file), re-partition
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
-                p.copy_(value.to(p.dtype))
-        else:
+        # ZeRO-3: gather, set (every rank reads the same file), re-partition from rank 0's copy.
+        with _gathered(p) if hasattr(p, "ds_tensor") else contextlib.nullcontext():
             p.copy_(value.to(p.dtype))
     return [n for n, _ in frozen]
 

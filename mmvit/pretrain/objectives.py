@@ -87,31 +87,32 @@ def _channel_groups(target: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def norm_pix_stats(target: torch.Tensor, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased variance of ``[M, P]`` pixels, per patch (``channels=1``) or per colour channel of each
+    """Mean and unbiased variance of ``[M, P]`` pixels per patch (``channels=1``) or per colour channel of each
     patch (``channels=C``: ``P = C * pt * ph * pw`` channel-major, as :func:`mmvit.packing.patchify` flattens);
-    both ``[M, P]``, broadcast back over the values they were taken from."""
-    m, p = target.shape
+    both ``[M, channels, 1]``, to broadcast over :func:`_channel_groups` of the values."""
     x = _channel_groups(target, channels)
-    mean = x.mean(dim=-1, keepdim=True).expand_as(x).reshape(m, p)
-    var = x.var(dim=-1, keepdim=True).expand_as(x).reshape(m, p)
-    return mean, var
+    return x.mean(dim=-1, keepdim=True), x.var(dim=-1, keepdim=True)
 
 
 def norm_pix(target: torch.Tensor, eps: float = 1e-6, channels: int = 1) -> torch.Tensor:
     """MAE's per-patch normalisation of ``[M, P]`` pixels: ``(x - mean) / sqrt(var + eps)``, unbiased var;
     with ``channels=C`` each colour channel of a patch is normalised on its own (VideoMAE's rule).
 
-    The same values as ``(target - mean) / (var + eps).sqrt()`` with :func:`norm_pix_stats`' ``[M, P]``
-    statistics, computed on ``[M, C, 1]`` statistics broadcast instead (no ``[M, P]`` copies of them), and
-    divided in place into the one ``[M, P]`` temporary, except when ``target`` requires grad (autograd then
-    needs the undivided numerator).
+    The statistics stay ``[M, C, 1]`` (broadcast, no ``[M, P]`` copies), and the division runs in place in the
+    one ``[M, P]`` temporary, except when ``target`` requires grad (autograd then needs the numerator).
     """
-    x = _channel_groups(target, channels)                      # [M, C, P/C]
-    mean = x.mean(dim=-1, keepdim=True)                        # [M, C, 1]
-    std = (x.var(dim=-1, keepdim=True) + eps).sqrt()           # [M, C, 1]
-    out = x - mean                                             # [M, C, P/C], a new tensor
+    mean, var = norm_pix_stats(target, channels)               # [M, C, 1]
+    out = _channel_groups(target, channels) - mean             # [M, C, P/C], a new tensor
+    std = (var + eps).sqrt()
     out = out / std if out.requires_grad else out.div_(std)
     return out.view(target.shape)
+
+
+def unnorm_pix(values: torch.Tensor, target: torch.Tensor, eps: float = 1e-6, channels: int = 1) -> torch.Tensor:
+    """The inverse of :func:`norm_pix` for predictions ``values [M, P]`` of the patches ``target [M, P]``: back
+    to pixels with each true patch's (or patch channel's) own mean and variance."""
+    mean, var = norm_pix_stats(target, channels)
+    return (_channel_groups(values, channels) * (var + eps).sqrt() + mean).view(values.shape)
 
 
 class _SquaredErrorMean(torch.autograd.Function):
