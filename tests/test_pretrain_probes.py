@@ -21,8 +21,20 @@ def _frozen_tokens(encoder, batch):
         return encoder.forward_tokens(batch)
 
 
+def _ref_block(block, x):
+    """One example's tokens ``[n, D]`` through a probe block, its self-attention written out."""
+    attn = block.attn
+    h, d = attn.heads, attn.head_dim
+    q, k, v = attn.qkv(block.norm1(x)).view(len(x), 3, h, d).unbind(1)      # [n, H, d]
+    w = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(d), dim=-1)
+    x = x + attn.proj(torch.einsum("hqk,khd->qhd", w, v).reshape(len(x), -1))
+    return x + block.mlp(block.norm2(x))
+
+
 def _ref_probe(probe, x):
-    """One example's tokens ``[n, D]`` alone, the cross-attention written out."""
+    """One example's tokens ``[n, D]`` alone, the attention written out."""
+    for block in probe.blocks:
+        x = _ref_block(block, x)
     h, d = probe.heads, probe.head_dim
     q = probe.q(probe.query).view(h, d)
     k, v = probe.kv(probe.norm1(x)).view(len(x), 2, h, d).unbind(1)
@@ -31,9 +43,12 @@ def _ref_probe(probe, x):
     return probe.head(out + probe.mlp(probe.norm2(out)))
 
 
-def test_attentive_probe_isolation_and_reference():
+@pytest.mark.parametrize("depth", [1, 3])
+def test_attentive_probe_isolation_and_reference(depth):
     encoder = tiny_model(num_classes=0).eval()
-    probe = AttentiveProbe(32, 7, heads=4)
+    torch.manual_seed(depth)
+    probe = AttentiveProbe(32, 7, heads=4, depth=depth)
+    assert len(probe.blocks) == depth - 1
     gen = torch.Generator().manual_seed(0)
     samples = _samples(gen)
     target = torch.randn(3, 24, 16, generator=gen)

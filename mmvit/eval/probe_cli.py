@@ -148,6 +148,8 @@ def probe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--heads", type=int, default=None, help="attentive probe heads (default from the width)")
+    parser.add_argument("--probe-depth", type=int, default=d.depth,
+                        help="attentive probe blocks: depth - 1 self-attention blocks, then the pooling one")
     parser.add_argument("--k", type=int, default=d.k)
     parser.add_argument("--temperature", type=float, default=d.temperature)
     _common(parser)
@@ -195,7 +197,7 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
     num_classes = {t: len(table) for t, table in tables.items()}
     with_head = [e.name for e in encoders if "head" in args.probe and getattr(e.model, "task_classes", None)]
     s = ProbeSettings(epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      heads=args.heads, k=args.k, temperature=args.temperature, seed=args.seed)
+                      heads=args.heads, depth=args.probe_depth, k=args.k, temperature=args.temperature, seed=args.seed)
     tokens = "attentive" in args.probe
     models = {e.name: e.model for e in encoders}
     kinds = args.kinds.split(",")

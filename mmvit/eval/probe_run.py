@@ -37,6 +37,7 @@ class ProbeSettings:
     """Attributes:
         epochs, batch_size, lr, weight_decay: AdamW with linear warm-up (one epoch) then cosine decay.
         heads: attention heads of the attentive probe (``None``: the largest of 8, 4, 2, 1 dividing the width).
+        depth: blocks of the attentive probe (``depth - 1`` self-attention blocks, then the cross-attention pool).
         k, temperature: k-NN (DINO's k = 20, T = 0.07; k is capped at the training examples).
         seed: probe initialisation and batch order.
     """
@@ -50,13 +51,14 @@ class ProbeSettings:
     lr: float = 1e-2
     weight_decay: float = 0.05
     heads: int | None = None
+    depth: int = 1
     k: int = 20
     temperature: float = 0.07
     seed: int = 0
 
     def __post_init__(self) -> None:
         if (self.epochs < 1 or self.min_steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.k < 1
-                or self.temperature <= 0):
+                or self.temperature <= 0 or self.depth < 1):
             raise ValueError(f"invalid probe settings {self}")
 
 
@@ -202,7 +204,7 @@ def train_attentive(tokens: Sequence[torch.Tensor], labels: torch.Tensor, num_cl
         raise ValueError("no training examples for the attentive probe")
     dim = tokens[0].shape[-1]
     torch.manual_seed(s.seed)
-    probe = AttentiveProbe(dim, num_classes, heads=s.heads or default_heads(dim))
+    probe = AttentiveProbe(dim, num_classes, heads=s.heads or default_heads(dim), depth=s.depth)
     labels = labels.long()
 
     def loss(rows: torch.Tensor) -> torch.Tensor:

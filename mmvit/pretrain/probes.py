@@ -3,7 +3,9 @@
 - :class:`AttentiveProbe` (V-JEPA, Bardes et al. 2024, its attentive classifier): one learned query
   cross-attends over an example's patch tokens (pre-norm cross-attention with a residual on the query, then an
   MLP), then a linear classifier. Packed: the softmax runs per example (segment softmax, as mmvit's MAP pooling
-  does), so examples never mix.
+  does), so examples never mix. ``depth > 1`` puts ``depth - 1`` pre-norm self-attention blocks in front of the
+  pooling, each attending within its example only (V-JEPA 2, Assran et al. 2025, probes with 4 blocks in all:
+  ``num_probe_blocks: 4`` in its evaluation configs).
 - :class:`LinearProbe` (MAE, He et al. 2022, linear probing): a BatchNorm without affine parameters on pooled
   features, then a linear classifier.
 - :func:`knn_predict` (Wu et al. 2018, as DINO and DINOv2 evaluate): cosine similarity to the training features,
@@ -20,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmvit.models.attention import Attention
+from mmvit.models.layout import build_layout
 from mmvit.models.mlp import Mlp
 from mmvit.models.pooling import segment_mean, segment_softmax
 from mmvit.packing import PackedBatch
@@ -40,15 +44,36 @@ def mean_features(tokens: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     return segment_mean(x, example, batch.num_examples)
 
 
+class ProbeBlock(nn.Module):
+    """A pre-norm transformer block over packed tokens ``[N, D]`` whose attention stays within each example."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, bias: bool = True, eps: float = 1e-6,
+                 device=None, dtype=None):
+        super().__init__()
+        fk = {"device": device, "dtype": dtype}
+        self.norm1 = nn.LayerNorm(dim, eps=eps, **fk)
+        # The exact per-example backend: probes run on CPUs as often as not, and it needs no mask.
+        self.attn = Attention(dim, heads, qk_norm=False, bias=bias, eps=eps, backend="segments", **fk)
+        self.norm2 = nn.LayerNorm(dim, eps=eps, **fk)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), bias=bias, **fk)
+
+    def forward(self, x: torch.Tensor, layout) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), layout)
+        return x + self.mlp(self.norm2(x))
+
+
 class AttentiveProbe(nn.Module):
     """``forward(tokens [B, L, D], batch) -> logits [E, num_classes]`` in ``batch.example_ids`` order."""
 
     def __init__(self, dim: int, num_classes: int, heads: int = 8, mlp_ratio: float = 4.0, bias: bool = True,
-                 eps: float = 1e-6, device=None, dtype=None):
+                 eps: float = 1e-6, depth: int = 1, device=None, dtype=None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"probe width {dim} is not divisible by heads {heads}")
+        if depth < 1:
+            raise ValueError(f"probe depth must be at least 1 (the pooling block), got {depth}")
         fk = {"device": device, "dtype": dtype}
+        self.blocks = nn.ModuleList(ProbeBlock(dim, heads, mlp_ratio, bias, eps, **fk) for _ in range(depth - 1))
         self.heads, self.head_dim = heads, dim // heads
         self.query = nn.Parameter(torch.empty(dim, **fk))
         self.norm1 = nn.LayerNorm(dim, eps=eps, **fk)
@@ -65,8 +90,20 @@ class AttentiveProbe(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def encode(self, x: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
+        """The self-attention blocks: ``x [N, D]`` with ``example [N]`` (ascending) -> ``[N, D]``, same order."""
+        if not len(self.blocks):
+            return x
+        # A one-row layout of the packed tokens: the blocks run in its (length-grouped) order, then back.
+        layout = build_layout((example + 1)[None, :])
+        h = torch.empty_like(x).index_copy_(0, layout.token_pos, x)
+        for block in self.blocks:
+            h = block(h, layout)
+        return h[layout.token_pos]
+
     def pool(self, x: torch.Tensor, example: torch.Tensor, num_examples: int) -> torch.Tensor:
-        """``x [N, D]`` tokens of ``num_examples`` examples (``example [N]``) -> ``[E, D]``."""
+        """``x [N, D]`` tokens of ``num_examples`` examples (``example [N]``, ascending) -> ``[E, D]``."""
+        x = self.encode(x, example)
         n = x.shape[0]
         q = self.q(self.query).view(self.heads, self.head_dim)                  # [H, d]
         k, v = self.kv(self.norm1(x)).view(n, 2, self.heads, self.head_dim).unbind(1)   # [N, H, d]
