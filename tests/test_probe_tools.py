@@ -220,6 +220,33 @@ def test_probe_tool_rows_and_knn_agree_with_extracted_features(tiny, tmp_path):
     assert {r["probe"] for r in merged if r["encoder"] == "enc"} == {"knn"}
 
 
+def test_train_levels_all_trains_one_probe_on_every_level(tiny, tmp_path):
+    """--train-levels all: the k-NN row at each level is k-NN over the training features of both levels."""
+    from mmvit.eval.features import FeatureSet, read_features
+    from mmvit.eval.probe_cli import extract_main, probe_main
+
+    out = tmp_path / "probe"
+    rows = probe_main(["--checkpoint", f"enc={tiny['run']}", "--probe", "knn", "attentive", "--resolutions", "16,24",
+                       "--train-levels", "all", "--epochs", "2", "--min-steps", "0", "--k", "5", "--out", str(out)])
+    assert {(r["probe"], r["level"], r["kind"]) for r in rows} == {
+        (p, lv, k) for p in ("knn", "attentive") for lv in ("16 px", "24 px") for k in ("image", "video")}
+    assert all(r["train_n"] == (32 if r["kind"] == "image" else 8) for r in rows)   # 16 images / 4 clips, x 2
+    assert json.loads((out / "results.json").read_text())["runs"][0]["train_levels"] == "all"
+    train = []
+    for px in ("16", "24"):
+        extract_main(["--checkpoint", tiny["run"], "--split", "train", "--out", str(tmp_path / f"tr{px}"),
+                      "--resolution", px, "--kinds", "image"])
+        train.append(read_features(str(tmp_path / f"tr{px}")))
+    train = FeatureSet.concat(train)
+    for px in ("16", "24"):
+        extract_main(["--checkpoint", tiny["run"], "--split", "test", "--out", str(tmp_path / f"te{px}"),
+                      "--resolution", px, "--kinds", "image"])
+        te = read_features(str(tmp_path / f"te{px}"))
+        pred = knn_predict(train.features, train.labels, te.features, 2, k=5).argmax(1)
+        row = next(r for r in rows if (r["probe"], r["level"], r["kind"]) == ("knn", f"{px} px", "image"))
+        assert row["top1"] == pytest.approx(float((pred == te.labels).float().mean()))
+
+
 # -- reconstructions (tools/show_masked.py) -----------------------------------------------------------------------
 
 

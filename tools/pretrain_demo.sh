@@ -5,8 +5,9 @@
 #   2. MAE under DeepSpeed on 2 CPU ranks: digit images and motion clips in the same packs, multigrid
 #      curriculum (configs/pretrain/demo_mae.yaml), no labels read by the objective;
 #   3. the baseline: the demo classifier trained from scratch on the same 10% of labels, same steps;
-#   4. attentive, linear and k-NN probes (10% of the labels) on the MAE encoder, on a randomly initialised copy
-#      of it, and on the supervised baseline (plus its own head), scored on the test split at 32 and 48 px;
+#   4. attentive, linear and k-NN probes (10% of the labels, their features at 32 and 48 px together) on the MAE
+#      encoder, on a randomly initialised copy of it, and on the supervised baseline (plus its own head), scored
+#      on the test split at 32 and 48 px;
 #   5. the reconstruction picture.
 # Results: runs/pretrain_demo/probe/results.json (rows per encoder, probe, kind, task, level; "comparison":
 # the MAE attentive probe against each baseline's best). Finished runs are not retrained (--resume auto);
@@ -47,7 +48,7 @@ echo "== 4/5 probes on the frozen encoders ($FRACTION of the training labels; te
 $PY tools/probe.py --checkpoint mae="$OUT/mae" --checkpoint random="random:$OUT/mae" \
     --checkpoint supervised_10pct="$OUT/supervised_10pct" --data-config configs/demo/demo.yaml \
     --probe attentive linear knn head --labels-fraction "$FRACTION" --resolutions "$RESOLUTIONS" \
-    --compare mae --out "$OUT/probe"
+    --train-levels all --compare mae --out "$OUT/probe"
 stamp
 
 echo "== 5/5 reconstructions of held-out images and clips"

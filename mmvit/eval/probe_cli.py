@@ -135,6 +135,10 @@ def probe_parser() -> argparse.ArgumentParser:
                        help="side lengths in px, one evaluation each (default: eval.resolutions of the config, "
                             "else the split's resolution)")
     level.add_argument("--token-budgets", type=_ints, default=None, help="tokens per example instead")
+    parser.add_argument("--train-levels", choices=["each", "all"], default="each",
+                        help="each: a probe per level, trained on that level's training features; all: one probe "
+                             "per task trained on the training features of every level (the same examples at each "
+                             "resolution), scored at each level")
     parser.add_argument("--out", default=None, help="output folder (default <first checkpoint>/probe)")
     parser.add_argument("--subset-only", action="store_true",
                         help="write the class-balanced training lists to <out>/labels_subset, print the new "
@@ -174,6 +178,7 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
     from mmvit.eval.encoders import load_encoder
     from mmvit.eval.plan import split_sources
     from mmvit.eval.probe_run import (ProbeSettings, balanced_subset, format_comparison, format_table, probe_rows,
+                                      probe_rows_levels,
                                       subset_split, write_results)
 
     args = probe_parser().parse_args(argv)
@@ -221,12 +226,14 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
         dist.end_tool_group()
         return None
     rows: list[dict] = []
-    for lvl in config_levels(data.cfg, args.resolutions, args.token_budgets):
+    levels = config_levels(data.cfg, args.resolutions, args.token_budgets)
+    pooled: dict[str, dict[str, tuple]] = {e.name: {} for e in encoders}   # --train-levels all: kept until the end
+    for lvl in levels:
         got = {}
         for split in (args.train_split, args.test_split):
-            part = feat.extract(models, train_cfg if split == args.train_split else data.cfg, split, level=lvl, kinds=kinds, pool=args.pool, tokens=tokens,
-                                logits=with_head, rank=rank, world_size=world, device=device, tables=tables,
-                                seed=args.seed, progress=True)
+            part = feat.extract(models, train_cfg if split == args.train_split else data.cfg, split, level=lvl,
+                                kinds=kinds, pool=args.pool, tokens=tokens, logits=with_head, rank=rank,
+                                world_size=world, device=device, tables=tables, seed=args.seed, progress=True)
             got[split] = {name: feat.gather(fs) for name, fs in part.items()}
         if rank != 0:
             continue
@@ -236,6 +243,9 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
                 train = train.select(balanced_subset(train.labels, train.tasks, args.labels_fraction, args.seed))
             log.info("%s at %s: %d training examples (fraction %g), %d test examples", e.name, lvl.name, len(train),
                      args.labels_fraction, len(test))
+            if args.train_levels == "all":
+                pooled[e.name][lvl.name] = (train, test)
+                continue
             for probe in args.probe:
                 if probe == "head" and e.name not in with_head:
                     continue
@@ -243,10 +253,23 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
                 rows += probe_rows(probe, train, test, num_classes, s, encoder=e.name, level=lvl.name,
                                    labels_fraction=args.labels_fraction)
                 log.info("  %s probe: %.1f s", probe, time.perf_counter() - t0)
+    if rank == 0 and args.train_levels == "all":
+        for e in encoders:
+            train = feat.FeatureSet.concat([tr for tr, _ in pooled[e.name].values()])
+            tests = {name: te for name, (_, te) in pooled[e.name].items()}
+            log.info("%s: probes trained on %d training features of %d levels", e.name, len(train), len(tests))
+            for probe in args.probe:
+                if probe == "head" and e.name not in with_head:
+                    continue
+                t0 = time.perf_counter()
+                rows += probe_rows_levels(probe, train, tests, num_classes, s, encoder=e.name,
+                                          labels_fraction=args.labels_fraction)
+                log.info("  %s probe: %.1f s", probe, time.perf_counter() - t0)
     result = None
     if rank == 0:
         info = {"encoders": {e.name: e.source for e in encoders}, "probes": args.probe,
-                "labels_fraction": args.labels_fraction, "seed": args.seed, "pool": args.pool,
+                "labels_fraction": args.labels_fraction, "train_levels": args.train_levels, "seed": args.seed,
+                "pool": args.pool,
                 "settings": dataclasses.asdict(s), "world_size": world,
                 "torch": torch.__version__, "seconds": round(time.perf_counter() - start, 2),
                 "command": " ".join([os.path.basename(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])])}

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -243,24 +243,40 @@ def train_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
 # -- evaluation ------------------------------------------------------------------------------------------------
 
 
+def fit_task_probe(probe: str, train: FeatureSet, num_classes: int, s: ProbeSettings
+                   ) -> Callable[[FeatureSet], torch.Tensor]:
+    """One task's probe fitted to ``train`` (that task's examples only): a function from a test set of the task
+    to its predicted classes ``[N_test]``."""
+    if probe == "head":
+        def head(test: FeatureSet) -> torch.Tensor:
+            if test.logits is None:
+                raise ValueError("probe 'head' needs the model's logits (extract with logits for this encoder)")
+            return test.logits[:, :num_classes].argmax(1)
+        return head
+    if probe == "knn":
+        k = min(s.k, len(train))
+        return lambda test: knn_predict(train.features, train.labels, test.features, num_classes, k=k,
+                                        temperature=s.temperature).argmax(1)
+    if probe == "linear":
+        linear = train_linear(train.features, train.labels, num_classes, s)
+        return lambda test: linear(test.features.float()).argmax(1)
+    if probe == "attentive":
+        if train.tokens is None:
+            raise ValueError("probe 'attentive' needs patch tokens (extract with tokens)")
+        attentive = train_attentive(train.tokens, train.labels, num_classes, s)
+
+        def predict(test: FeatureSet) -> torch.Tensor:
+            if test.tokens is None:
+                raise ValueError("probe 'attentive' needs patch tokens (extract with tokens)")
+            return predict_attentive(attentive, test.tokens).argmax(1)
+        return predict
+    raise KeyError(f"unknown probe {probe!r}; probes: {list(PROBES)}")
+
+
 def task_predictions(probe: str, train: FeatureSet, test: FeatureSet, num_classes: int, s: ProbeSettings
                      ) -> torch.Tensor:
     """Predicted classes ``[N_test]`` of one task's probe (``train``/``test``: that task's examples only)."""
-    if probe == "head":
-        if test.logits is None:
-            raise ValueError("probe 'head' needs the model's logits (extract with logits for this encoder)")
-        return test.logits[:, :num_classes].argmax(1)
-    if probe == "knn":
-        k = min(s.k, len(train))
-        return knn_predict(train.features, train.labels, test.features, num_classes, k=k,
-                           temperature=s.temperature).argmax(1)
-    if probe == "linear":
-        return train_linear(train.features, train.labels, num_classes, s)(test.features.float()).argmax(1)
-    if probe == "attentive":
-        if train.tokens is None or test.tokens is None:
-            raise ValueError("probe 'attentive' needs patch tokens (extract with tokens)")
-        return predict_attentive(train_attentive(train.tokens, train.labels, num_classes, s), test.tokens).argmax(1)
-    raise KeyError(f"unknown probe {probe!r}; probes: {list(PROBES)}")
+    return fit_task_probe(probe, train, num_classes, s)(test)
 
 
 def groups(test: FeatureSet) -> list[tuple[str, str]]:
@@ -280,29 +296,45 @@ def groups(test: FeatureSet) -> list[tuple[str, str]]:
 def probe_rows(probe: str, train: FeatureSet, test: FeatureSet, num_classes: Mapping[str, int], s: ProbeSettings,
                **fields) -> list[dict]:
     """One row per (kind, task) group: ``top1`` and ``n`` on ``test``, ``train_n`` examples of the task."""
-    correct = torch.zeros(len(test), dtype=torch.bool)
-    scored = torch.zeros(len(test), dtype=torch.bool)
-    train_n: dict[str, int] = {}
-    for task in sorted(set(test.tasks)):
+    return probe_rows_levels(probe, train, {None: test}, num_classes, s, **fields)
+
+
+def probe_rows_levels(probe: str, train: FeatureSet, tests: Mapping[str | None, FeatureSet],
+                      num_classes: Mapping[str, int], s: ProbeSettings, **fields) -> list[dict]:
+    """:func:`probe_rows` for several test sets with one probe per task, trained once on ``train``: rows of
+    each ``tests`` entry in order, its key as their ``level`` (none is set for the key ``None``)."""
+    tasks = sorted({t for test in tests.values() for t in test.tasks})
+    for task in tasks:
         if task not in num_classes:
             raise KeyError(f"task {task!r} of the test split is not in the class tables {list(num_classes)}")
-        te = test.rows(task=task)
+    state = {key: (torch.zeros(len(test), dtype=torch.bool), torch.zeros(len(test), dtype=torch.bool))
+             for key, test in tests.items()}  # (correct, scored) per test set
+    train_n: dict[str, int] = {}
+    for task in tasks:
         tr = train.rows(task=task)
         train_n[task] = len(tr)
         if not tr:
             continue  # no training example of this task: reported with n = 0
-        pred = task_predictions(probe, train.select(tr), test.select(te), num_classes[task], s)
-        idx = torch.tensor(te)
-        correct[idx] = pred.cpu() == test.labels[idx]
-        scored[idx] = True
+        predict = fit_task_probe(probe, train.select(tr), num_classes[task], s)
+        for key, test in tests.items():
+            te = test.rows(task=task)
+            if not te:
+                continue
+            idx = torch.tensor(te)
+            correct, scored = state[key]
+            correct[idx] = predict(test.select(te)).cpu() == test.labels[idx]
+            scored[idx] = True
     rows = []
-    for kind, task in groups(test):
-        sel = torch.tensor([i for i in range(len(test)) if (kind == "all" or test.kinds[i] == kind)
-                            and (task == "all" or test.tasks[i] == task) and scored[i]], dtype=torch.long)
-        n = int(sel.numel())
-        rows.append({**fields, "probe": probe, "kind": kind, "task": task,
-                     "top1": float(correct[sel].float().mean()) if n else float("nan"), "n": n,
-                     "train_n": sum(train_n.values()) if task == "all" else train_n.get(task, 0)})
+    for key, test in tests.items():
+        correct, scored = state[key]
+        level = {} if key is None else {"level": key}
+        for kind, task in groups(test):
+            sel = torch.tensor([i for i in range(len(test)) if (kind == "all" or test.kinds[i] == kind)
+                                and (task == "all" or test.tasks[i] == task) and scored[i]], dtype=torch.long)
+            n = int(sel.numel())
+            rows.append({**fields, **level, "probe": probe, "kind": kind, "task": task,
+                         "top1": float(correct[sel].float().mean()) if n else float("nan"), "n": n,
+                         "train_n": sum(train_n.values()) if task == "all" else train_n.get(task, 0)})
     return rows
 
 
