@@ -178,7 +178,6 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
     from mmvit.eval.encoders import load_encoder
     from mmvit.eval.plan import split_sources
     from mmvit.eval.probe_run import (ProbeSettings, balanced_subset, format_comparison, format_table, probe_rows,
-                                      probe_rows_levels,
                                       subset_split, write_results)
 
     args = probe_parser().parse_args(argv)
@@ -225,6 +224,18 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
             print(json.dumps(split_sources(subset, args.train_split)))
         dist.end_tool_group()
         return None
+
+    def run_probes(name: str, train, tests: dict) -> list[dict]:
+        out_rows = []
+        for probe in args.probe:
+            if probe == "head" and name not in with_head:
+                continue
+            t0 = time.perf_counter()
+            out_rows += probe_rows(probe, train, tests, num_classes, s, encoder=name,
+                                   labels_fraction=args.labels_fraction)
+            log.info("  %s probe: %.1f s", probe, time.perf_counter() - t0)
+        return out_rows
+
     rows: list[dict] = []
     levels = config_levels(data.cfg, args.resolutions, args.token_budgets)
     pooled: dict[str, dict[str, tuple]] = {e.name: {} for e in encoders}   # --train-levels all: kept until the end
@@ -245,26 +256,14 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
                      args.labels_fraction, len(test))
             if args.train_levels == "all":
                 pooled[e.name][lvl.name] = (train, test)
-                continue
-            for probe in args.probe:
-                if probe == "head" and e.name not in with_head:
-                    continue
-                t0 = time.perf_counter()
-                rows += probe_rows(probe, train, test, num_classes, s, encoder=e.name, level=lvl.name,
-                                   labels_fraction=args.labels_fraction)
-                log.info("  %s probe: %.1f s", probe, time.perf_counter() - t0)
+            else:
+                rows += run_probes(e.name, train, {lvl.name: test})
     if rank == 0 and args.train_levels == "all":
         for e in encoders:
             train = feat.FeatureSet.concat([tr for tr, _ in pooled[e.name].values()])
             tests = {name: te for name, (_, te) in pooled[e.name].items()}
             log.info("%s: probes trained on %d training features of %d levels", e.name, len(train), len(tests))
-            for probe in args.probe:
-                if probe == "head" and e.name not in with_head:
-                    continue
-                t0 = time.perf_counter()
-                rows += probe_rows_levels(probe, train, tests, num_classes, s, encoder=e.name,
-                                          labels_fraction=args.labels_fraction)
-                log.info("  %s probe: %.1f s", probe, time.perf_counter() - t0)
+            rows += run_probes(e.name, train, tests)
     result = None
     if rank == 0:
         info = {"encoders": {e.name: e.source for e in encoders}, "probes": args.probe,

@@ -273,12 +273,6 @@ def fit_task_probe(probe: str, train: FeatureSet, num_classes: int, s: ProbeSett
     raise KeyError(f"unknown probe {probe!r}; probes: {list(PROBES)}")
 
 
-def task_predictions(probe: str, train: FeatureSet, test: FeatureSet, num_classes: int, s: ProbeSettings
-                     ) -> torch.Tensor:
-    """Predicted classes ``[N_test]`` of one task's probe (``train``/``test``: that task's examples only)."""
-    return fit_task_probe(probe, train, num_classes, s)(test)
-
-
 def groups(test: FeatureSet) -> list[tuple[str, str]]:
     """``(kind, task)`` groups to report: each combination present, every kind over its tasks (when it has
     several) and every task over its kinds (when it has several); ``all`` marks the aggregated side."""
@@ -293,16 +287,12 @@ def groups(test: FeatureSet) -> list[tuple[str, str]]:
     return out
 
 
-def probe_rows(probe: str, train: FeatureSet, test: FeatureSet, num_classes: Mapping[str, int], s: ProbeSettings,
-               **fields) -> list[dict]:
-    """One row per (kind, task) group: ``top1`` and ``n`` on ``test``, ``train_n`` examples of the task."""
-    return probe_rows_levels(probe, train, {None: test}, num_classes, s, **fields)
-
-
-def probe_rows_levels(probe: str, train: FeatureSet, tests: Mapping[str | None, FeatureSet],
-                      num_classes: Mapping[str, int], s: ProbeSettings, **fields) -> list[dict]:
-    """:func:`probe_rows` for several test sets with one probe per task, trained once on ``train``: rows of
-    each ``tests`` entry in order, its key as their ``level`` (none is set for the key ``None``)."""
+def probe_rows(probe: str, train: FeatureSet, tests: Mapping[str | None, FeatureSet],
+               num_classes: Mapping[str, int], s: ProbeSettings, **fields) -> list[dict]:
+    """One probe per task, trained once on ``train`` and scored on every test set of ``tests`` (a level name,
+    or ``None`` for no level, to its test features): one row per test set and (kind, task) group, in order,
+    with ``top1`` and ``n`` on that test set, ``train_n`` training examples of the task, and the key as
+    ``level`` (unset for ``None``)."""
     tasks = sorted({t for test in tests.values() for t in test.tasks})
     for task in tasks:
         if task not in num_classes:
