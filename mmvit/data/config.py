@@ -61,6 +61,9 @@ class DataConfig:
     decode_timeout_s: float | None = num(30.0, gt=0)
     decode_isolation: Literal["none", "process", "auto"] = "auto"
     max_image_pixels: int = num(64_000_000, ge=1)
+    # Training: decoded samples kept in memory across passes, per loader worker, up to this many MiB (0: off);
+    # for data that fits (mmvit/data/cache.py). Videos are then decoded whole at their native size.
+    cache_mb: float = num(0.0, ge=0)
     # Augmentation, normalization, token dropping (the last two only in training).
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     mean: list[float] = dataclasses.field(default_factory=lambda: [0.485, 0.456, 0.406])

@@ -10,6 +10,9 @@ One worker, per batch:
 4. decode the chosen (bad ones are skipped and counted; the holes are refilled), resize, normalize, and
    ``mmvit.pack`` them with the planned drop rates into exactly ``[batch_rows, seq_len]``.
 
+With ``data.cache_mb`` a training worker keeps decoded samples (and their sizes) in memory across passes
+(cache.py): step 1 then reads the size and step 4 the pixels of a cached sample from memory.
+
 With ``data.mask`` (masked pretraining) step 2 also plans each example's mask (its visible tokens, from the
 same per-example RNG, so a batch is reproducible from the seed), step 3 chooses examples whose visible tokens
 fill ``[batch_rows, seq_len]`` and whose full grids fill ``[full_batch_rows, full_seq_len]``
@@ -33,6 +36,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmvit.data.augment import random_resized_crop, scale_box, to_sample, view_box
+from mmvit.data.cache import DecodedCache
 from mmvit.data.config import DataConfig
 from mmvit.data.control import SharedState
 from mmvit.data.draws import Draw, Mixer
@@ -121,6 +125,7 @@ class _Worker:
         self.rate_fn = make_rate_fn(self.cfg.drop_rate) if ds.train else None
         self.mask = MaskConfig.from_dict(self.cfg.mask) if self.cfg.masked else None
         self.view_cache: collections.OrderedDict = collections.OrderedDict()  # multi-view decodes being served
+        self.cache = ds.decoded_cache()  # data.cache_mb: decoded samples across passes (None: off)
         self.augment = self.cfg.augment
 
     # --- state ---------------------------------------------------------------------------------------------
@@ -176,7 +181,8 @@ class _Worker:
                 n_cls = len(table) if table is not None else "?"
                 raise BadSample("label_out_of_range", item.path, f"label {item.label} not in [0, {n_cls})"
                                 f"{f' (task {table.task!r})' if table is not None else ''}")
-            info = item.info or self._probe(item)
+            info = item.info or (self.cache.info(self.cache_key(draw)) if self.cache is not None else None) \
+                or self._probe(item)
         except BadSample as e:
             self._fail(e, draw, admitted=False)
             self.bad_run += 1
@@ -190,6 +196,10 @@ class _Worker:
         if wait:
             self.waiting.append(admitted)
         self.recent.append(admitted)
+
+    @staticmethod
+    def cache_key(draw: Draw) -> tuple:
+        return draw.sid, draw.item.id
 
     def _probe(self, item) -> dict:
         if item.kind == "image":
@@ -264,7 +274,8 @@ class _Worker:
                      patch: PatchSize) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """A clip's frames, decoded at the smallest size its crop needs (the decoder scales while converting
         to RGB), and the crop box in them. In multi-view evaluation the first view of a video decodes the
-        frames of all its views in one pass; the others are served from that decode."""
+        frames of all its views in one pass; the others are served from that decode. With ``data.cache_mb``
+        (training) a clip that fits is decoded whole at its native size once and its frames cut from the cache."""
         item, info = w.draw.item, w.info
         hw = (int(info["height"]), int(info["width"]))
         source = self.ds.sources[w.draw.sid]
@@ -272,6 +283,10 @@ class _Worker:
         if frames is not None:
             return frames, scale_box(plan.box, hw, frames.shape[1:3])
         n_views = source.views.count("video")
+        if self.cache is not None:
+            clip = self.cached_clip(w)
+            if clip is not None:
+                return clip[indices], scale_box(plan.box, hw, clip.shape[1:3])
         if self.ds.train or n_views == 1:
             size, box = decode_plan(hw, plan.box, plan.size)
             frames = self.ds.decoder().read(item.src, item.path, indices, info, size=size)
@@ -293,6 +308,23 @@ class _Worker:
             del self.view_cache[key]
         return frames, box
 
+    def cached_clip(self, w: Waiting) -> np.ndarray | None:
+        """Every frame of a video at its native size, from the cache or decoded whole into it; ``None`` for a
+        video too big to cache whole (or whose whole decode fails: it is then read as without a cache)."""
+        key, info = self.cache_key(w.draw), w.info
+        clip = self.cache.get(key)
+        if clip is not None:
+            return clip
+        n, h, w_ = int(info["frames"]), int(info["height"]), int(info["width"])
+        if not self.cache.fits(n * h * w_ * 3):
+            return None
+        try:
+            clip = self.ds.decoder().read(w.draw.item.src, w.draw.item.path, list(range(n)), info)
+        except BadSample:
+            return None  # e.g. a sidecar that over-counts frames: the frames this clip needs may still decode
+        self.cache.put(key, info, clip)
+        return clip
+
     def decode(self, w: Waiting, plan: ExamplePlan, stage: Stage, patch: PatchSize) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         item, info = w.draw.item, w.info
@@ -303,8 +335,12 @@ class _Worker:
                                 "orig_size": [int(info["height"]), int(info["width"])], "size": list(plan.size)}
         if item.kind == "image":
             frames = source.load(item, [0])
+            if frames is None and self.cache is not None:
+                frames = self.cache.get(self.cache_key(w.draw))
             if frames is None:
                 frames = decode_image(item.src, item.path, cfg.max_image_pixels, timeout_s=cfg.decode_timeout_s)[None]
+                if self.cache is not None:
+                    self.cache.put(self.cache_key(w.draw), info, frames)
             box = scale_box(plan.box, (int(info["height"]), int(info["width"])), frames.shape[1:3])
         else:
             indices, repeated = self.frame_indices(w, plan, t_view)
@@ -446,11 +482,13 @@ class PackedStream(IterableDataset):
         self.rank, self.world_size, self.seed, self.train = rank, world_size, seed, train
         self.batches_per_epoch = batches_per_epoch
         self._decoder: VideoDecoder | None = None
+        self._cache: DecodedCache | None = None
         self._stage_cache: dict[int, Stage] = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_decoder"] = None
+        state["_cache"] = None
         return state
 
     def __len__(self) -> int:
@@ -468,6 +506,12 @@ class PackedStream(IterableDataset):
             self._decoder = VideoDecoder(self.cfg.video_backend, self.cfg.decode_threads, self.cfg.decode_timeout_s,
                                          self.cfg.decode_isolation)
         return self._decoder
+
+    def decoded_cache(self) -> DecodedCache | None:
+        """The process's cache of decoded training samples (``data.cache_mb``; kept across epochs), or None."""
+        if self._cache is None and self.train and self.cfg.cache_mb > 0:
+            self._cache = DecodedCache(self.cfg.cache_mb)
+        return self._cache
 
     def stage(self, stage_id: int, spec: dict) -> Stage:
         if stage_id not in self._stage_cache:
