@@ -135,10 +135,13 @@ def test_loader():
     _check(report)
     demo, kinetics = report.tables
     for table, workers in ((demo, [0, 1, 2]), (kinetics, [0, 2])):
-        rows = [r for r in table.rows if isinstance(r["workers"], int)]
+        rows = [r for r in table.rows if isinstance(r["workers"], int) and "cache" not in r["data"]]
         assert [r["workers"] for r in rows] == workers
         assert all(math.isfinite(r["rate"]) and r["rate"] > 0 and r["keeps_up"] > 0 for r in rows)
         assert all(0.0 <= r["padding"] < 1.0 and r["per_row"] > 0 for r in rows)
+    cached = [r for r in demo.rows if r["data"] == "demo, cache_mb warm"]
+    assert len(cached) == 1 and cached[0]["rate"] > 0 and 0.0 <= cached[0]["padding"] < 1.0
+    assert math.isfinite(report.params["cache_speedup"]) and report.params["cache_speedup"] > 0
     assert 0.0 < report.params["kinetics_decode_share"] < 1.0
     assert 0.0 <= report.params["kinetics_image_share"] < 1.0
     assert len(report.bars) == 2 and all(b.measured is not None and b.measured > 0 for b in report.bars)
