@@ -115,3 +115,25 @@ def test_knn_matches_a_brute_force_loop():
         knn_predict(train, labels, test, 4, k=61)
     with pytest.raises(ValueError, match="labels"):
         knn_predict(train, labels + 4, test, 4)
+
+
+def test_last_blocks_tokens_are_each_blocks_output_after_the_final_norm():
+    """forward_tokens(last_blocks=k): slice j is what a copy of the model cut after that block returns."""
+    import copy
+
+    model = tiny_model(num_classes=0, depth=3).eval()
+    gen = torch.Generator().manual_seed(1)
+    batch = mmvit.pack(_samples(gen), patch_size=8, seq_len=64)
+    d = 32
+    with torch.no_grad():
+        three = model.forward_tokens(batch, last_blocks=3)
+        assert three.shape == (*batch.segment_ids.shape, 3 * d)
+        torch.testing.assert_close(three[..., -d:], model.forward_tokens(batch), rtol=0, atol=0)
+        for j in range(3):
+            cut = copy.deepcopy(model)
+            cut.blocks = cut.blocks[: j + 1]
+            torch.testing.assert_close(three[..., j * d:(j + 1) * d], cut.forward_tokens(batch))
+        torch.testing.assert_close(model.forward_tokens(batch, last_blocks=2), three[..., d:])
+        assert not three[batch.segment_ids == 0].any()   # padding stays zero
+    with pytest.raises(ValueError, match="3 blocks"):
+        model.forward_tokens(batch, last_blocks=4)

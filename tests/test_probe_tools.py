@@ -172,6 +172,21 @@ def test_extract_features_writes_every_sample_with_tokens(tiny, tmp_path):
     model = mmvit.load(tiny["run"]).model
     ref = model.forward_tokens(batch)[0, :4]
     assert fs.grids[i].tolist() == [1, 2, 2] and torch.allclose(fs.tokens[i], ref, atol=1e-4)
+    with pytest.raises(ValueError, match="the trunk has 1 blocks"):
+        extract_main(["--checkpoint", tiny["run"], "--split", "test", "--out", str(tmp_path / "x"), "--last-blocks",
+                      "2"])
+    # --last-blocks 2 on a 2-block encoder (a seeded random one): the two blocks' tokens side by side, the
+    # second half the default features.
+    feats = {}
+    for k in (1, 2):
+        extract_main(["--checkpoint", f"random:{tiny['run']}", "--set", "model.depth=2", "--split", "test", "--out",
+                      str(tmp_path / f"r{k}"), "--tokens", "--resolution", "16", "--last-blocks", str(k)])
+        feats[k] = read_features(str(tmp_path / f"r{k}"))
+    d = feats[1].features.shape[1]
+    assert json.loads((tmp_path / "r2" / "index.json").read_text())["dim"] == 2 * d and feats[2].ids == feats[1].ids
+    assert torch.allclose(feats[2].features[:, d:], feats[1].features, atol=1e-5)
+    assert all(torch.allclose(a[:, d:], b, atol=1e-5) for a, b in zip(feats[2].tokens, feats[1].tokens))
+    assert not torch.allclose(feats[2].features[:, :d], feats[1].features, atol=1e-2)   # block 1 is not block 2
 
 
 def test_probe_tool_rows_and_knn_agree_with_extracted_features(tiny, tmp_path):

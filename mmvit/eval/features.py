@@ -126,11 +126,14 @@ def settings_for(split: str, level: Level, kinds: Sequence[str] = ("video", "ima
                         data_overrides=dict(data_overrides or {}))
 
 
-def _encode(model: torch.nn.Module, batch: PackedBatch, pool: Pool, tokens: bool, logits: bool
-            ) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor | None]:
-    """``([E, D] pooled, per-example tokens or None, [E, K] logits or None)`` of one batch."""
+def _encode(model: torch.nn.Module, batch: PackedBatch, pool: Pool, tokens: bool, logits: bool,
+            last_blocks: int = 1) -> tuple[torch.Tensor, list[torch.Tensor] | None, torch.Tensor | None]:
+    """``([E, D] pooled, per-example tokens or None, [E, K] logits or None)`` of one batch (``D``: the
+    width times ``last_blocks``)."""
     need_tokens = tokens or pool == "mean"
-    tok = model.forward_tokens(batch) if need_tokens else None
+    tok = None
+    if need_tokens:
+        tok = model.forward_tokens(batch, last_blocks) if last_blocks > 1 else model.forward_tokens(batch)
     feats = model.forward_features(batch) if (pool == "model" or logits) else None
     pooled = mean_features(tok, batch) if pool == "mean" else feats
     per_example = None
@@ -152,7 +155,7 @@ def extract(models: Mapping[str, torch.nn.Module], cfg: Mapping, split: str, *, 
             kinds: Sequence[str] = ("video", "image"), pool: Pool = "mean", tokens: bool = False,
             logits: Sequence[str] = (), rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
             tables=None, seed: int = 0, data_overrides: Mapping | None = None, progress: bool = False,
-            loader_fn: Callable | None = None) -> dict[str, FeatureSet]:
+            loader_fn: Callable | None = None, last_blocks: int = 1) -> dict[str, FeatureSet]:
     """This rank's features of ``split`` for every encoder in ``models`` (same batches for all).
 
     Args:
@@ -164,7 +167,12 @@ def extract(models: Mapping[str, torch.nn.Module], cfg: Mapping, split: str, *, 
         tokens: also keep every example's patch tokens.
         logits: names of the models whose own head is evaluated too (a supervised baseline).
         tables: class tables the labels are encoded with.
+        last_blocks: tokens (and their mean) of the last ``k`` blocks, each after the final norm, side by side
+            (``k x`` the width); not with ``pool="model"``, whose pool reads the last block.
     """
+    if last_blocks > 1 and pool == "model":
+        raise ValueError("last_blocks > 1 reads the tokens of several blocks: use pool='mean' (the model's own "
+                         "pool reads its last block only)")
     from tqdm import tqdm
 
     if loader_fn is None:
@@ -192,7 +200,7 @@ def extract(models: Mapping[str, torch.nn.Module], cfg: Mapping, split: str, *, 
                 index = torch.tensor(keep, dtype=torch.long)
                 meta = [batch.meta[i] for i in keep]
                 for name, model in models.items():
-                    pooled, tok, lg = _encode(model, batch, pool, tokens, name in logits)
+                    pooled, tok, lg = _encode(model, batch, pool, tokens, name in logits, last_blocks)
                     parts[name].append(FeatureSet(
                         [keys[i][0] for i in keep], [keys[i][1] for i in keep], [keys[i][2] for i in keep],
                         [str(m.get("task", "default")) for m in meta], batch.labels.cpu().long()[index],

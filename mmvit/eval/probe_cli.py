@@ -40,6 +40,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", choices=["mean", "model"], default="mean",
                         help="pooled features: mean of the patch tokens (default) or the model's own pool")
     parser.add_argument("--kinds", default="video,image", help="kinds of samples to read (default video,image)")
+    parser.add_argument("--last-blocks", type=int, default=1, metavar="K",
+                        help="features of the last K blocks, each after the final norm, side by side (K x the "
+                             "width; default 1: the output)")
     parser.add_argument("--seed", type=int, default=0, help="loader seed, random encoders and probes")
     parser.add_argument("--device", default=None, help="default cuda:<local rank> if CUDA is available, else cpu")
     parser.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
@@ -85,11 +88,11 @@ def extract_main(argv: Sequence[str] | None = None) -> str | None:
                     [args.token_budget] if args.token_budget else None)[0]
     fs = extract({enc.name: enc.model}, enc.cfg, args.split, level=lvl, kinds=args.kinds.split(","), pool=args.pool,
                  tokens=args.tokens, rank=rank, world_size=world, device=device, tables=enc.tables, seed=args.seed,
-                 progress=True)[enc.name]
+                 progress=True, last_blocks=args.last_blocks)[enc.name]
     name = shard_name(rank, world)
     info = {"checkpoint": os.path.abspath(args.checkpoint) if ":" not in args.checkpoint else args.checkpoint,
             "weights": enc.source, "split": args.split, "level": lvl.name, "pool": args.pool,
-            "tokens": bool(args.tokens), "rank": rank, "world_size": world}
+            "tokens": bool(args.tokens), "last_blocks": args.last_blocks, "rank": rank, "world_size": world}
     write_shard(os.path.join(args.out, name), fs, info)
     counts = dist.all_gather_object((name, len(fs)))
     path = None
@@ -244,7 +247,8 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
         for split in (args.train_split, args.test_split):
             part = feat.extract(models, train_cfg if split == args.train_split else data.cfg, split, level=lvl,
                                 kinds=kinds, pool=args.pool, tokens=tokens, logits=with_head, rank=rank,
-                                world_size=world, device=device, tables=tables, seed=args.seed, progress=True)
+                                world_size=world, device=device, tables=tables, seed=args.seed, progress=True,
+                                last_blocks=args.last_blocks)
             got[split] = {name: feat.gather(fs) for name, fs in part.items()}
         if rank != 0:
             continue
@@ -267,7 +271,8 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
     result = None
     if rank == 0:
         info = {"encoders": {e.name: e.source for e in encoders}, "probes": args.probe,
-                "labels_fraction": args.labels_fraction, "train_levels": args.train_levels, "seed": args.seed,
+                "labels_fraction": args.labels_fraction, "train_levels": args.train_levels,
+                "last_blocks": args.last_blocks, "seed": args.seed,
                 "pool": args.pool,
                 "settings": dataclasses.asdict(s), "world_size": world,
                 "torch": torch.__version__, "seconds": round(time.perf_counter() - start, 2),

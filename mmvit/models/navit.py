@@ -192,18 +192,27 @@ class NaViT(nn.Module):
             out = out.index_copy(0, layout.prefix_pos[:, 0], cls)
         return out, layout
 
-    def trunk(self, x: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
-        for blk in self.blocks:
+    def trunk(self, x: torch.Tensor, layout: SeqLayout, last: int = 1) -> torch.Tensor:
+        """The blocks and the final norm: ``[N, D]`` -> ``[N, D]``; with ``last = k`` the final norm of each of
+        the last ``k`` blocks' outputs, concatenated in block order: ``[N, k * D]`` (DINOv2's and V-JEPA's
+        probes read several blocks: earlier blocks of a masked-image model often probe better than its last)."""
+        if not 1 <= last <= max(1, len(self.blocks)):
+            raise ValueError(f"last={last}: the trunk has {len(self.blocks)} blocks")
+        outs = []
+        for i, blk in enumerate(self.blocks):
             if self.grad_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(blk, x, layout, use_reentrant=False)
             else:
                 x = blk(x, layout)
-        return self.norm(x)
+            if last > 1 and i >= len(self.blocks) - last:
+                outs.append(self.norm(x))
+        return torch.cat(outs, dim=-1) if last > 1 else self.norm(x)
 
-    def forward_tokens(self, batch: PackedBatch) -> torch.Tensor:
-        """Final-norm patch tokens back in the batch layout ``[B, L, D]`` (zeros at padding)."""
+    def forward_tokens(self, batch: PackedBatch, last_blocks: int = 1) -> torch.Tensor:
+        """Final-norm patch tokens back in the batch layout ``[B, L, D]`` (zeros at padding); ``last_blocks =
+        k``: the last ``k`` blocks' normed outputs side by side, ``[B, L, k * D]``."""
         x, layout = self.embed(batch)
-        x = self.trunk(x, layout)
+        x = self.trunk(x, layout, last_blocks)
         b, length = layout.batch_shape
         out = x.new_zeros(b * length, x.shape[1]).index_copy(0, layout.real_index, x[layout.token_pos])
         return out.view(b, length, -1)
