@@ -8,7 +8,6 @@ the uncached loader reading them at their native size.
 from __future__ import annotations
 
 import collections
-import logging
 
 import numpy as np
 import pytest
@@ -18,21 +17,9 @@ import mmvit.data.stream as stream
 from mmvit.data import build_loader
 from mmvit.data.cache import MAX_ITEM_FRACTION, DecodedCache
 from mmvit.data.readers.video import VideoDecoder
-from mmvit.testing import media
+from tests.test_data_loader import corpus, quiet  # noqa: F401  (fixtures: the generated corpus, quiet logs)
 
 pytest.importorskip("av")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return media.make_corpus(str(tmp_path_factory.mktemp("corpus") / "root"))
-
-
-@pytest.fixture(autouse=True)
-def quiet():
-    logging.getLogger("mmvit.data").setLevel(logging.ERROR)
-    yield
-    logging.getLogger("mmvit.data").setLevel(logging.NOTSET)
 
 
 def make_cfg(corpus, **kw) -> dict:
