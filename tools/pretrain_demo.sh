@@ -4,7 +4,8 @@
 #   1. the demo data (docs/demo_data.md) and a class-balanced 10% of its training lists (seeded);
 #   2. MAE under DeepSpeed on 2 CPU ranks: digit images and motion clips in the same packs, multigrid
 #      curriculum (configs/pretrain/demo_mae.yaml), no labels read by the objective;
-#   3. the baseline: the demo classifier trained from scratch on the same 10% of labels, same steps;
+#   3. the baseline: the demo classifier trained from scratch on the same 10% of labels, same steps (its
+#      subset decoded once and kept in memory: data.cache_mb);
 #   4. attentive, linear and k-NN probes (10% of the labels, their features at 32 and 48 px together) on the MAE
 #      encoder, on a randomly initialised copy of it, and on the supervised baseline (plus its own head), scored
 #      on the test split at 32 and 48 px;
@@ -40,7 +41,7 @@ stamp
 echo "== 3/5 supervised baseline: the demo classifier with the MAE encoder's trunk (width 64) from scratch on the same labels, $STEPS steps"
 $DS --num_gpus 2 --master_port "$PORT" tools/train.py --config configs/demo/demo.yaml --resume auto \
     --set run_dir="$OUT/supervised_10pct" train.steps="$STEPS" "data.splits.train.sources=$SOURCES" \
-    model.width=64 model.heads=2 model.mlp_dim=128 \
+    model.width=64 model.heads=2 model.mlp_dim=128 data.cache_mb=256 \
     train.save_every="$STEPS" eval.every=0 eval.at_end=false
 stamp
 
