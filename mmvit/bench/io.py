@@ -66,8 +66,9 @@ def _rates(data_cfg: dict, tables, workers: tuple[int, ...], n_batches: int, see
 
     rates, batches = {}, []
     for n in workers:
-        loader, _ = build_loader({**data_cfg, "num_workers": n}, split="train", rank=0, world_size=1,
-                                 tables=tables, seed=seed, train=True)
+        # An epoch of at least the timed batches (the estimated one of a small dataset can be shorter).
+        loader, _ = build_loader({**data_cfg, "num_workers": n, "batches_per_epoch": n_batches + 1}, split="train",
+                                 rank=0, world_size=1, tables=tables, seed=seed, train=True)
         it = iter(loader)
         t0 = time.perf_counter()
         next(it)
@@ -87,8 +88,8 @@ def _cached_rate(data_cfg: dict, tables, n_batches: int, seed: int) -> dict:
     later epochs of a dataset that fits in memory cost."""
     from mmvit.data import build_loader
 
-    loader, _ = build_loader({**data_cfg, "num_workers": 0, "cache_mb": 4096}, split="train", rank=0,
-                             world_size=1, tables=tables, seed=seed, train=True)
+    loader, _ = build_loader({**data_cfg, "num_workers": 0, "cache_mb": 4096, "batches_per_epoch": n_batches + 1},
+                             split="train", rank=0, world_size=1, tables=tables, seed=seed, train=True)
     cache, misses = None, 0
     while cache is None or cache.misses - misses > 0.01 * len(cache.items):   # until a pass decodes ~nothing
         misses = cache.misses if cache is not None else 0
@@ -163,8 +164,8 @@ def _decode_share(data_cfg: dict, tables, n_batches: int, seed: int) -> tuple[fl
     try:
         from mmvit.data import build_loader
 
-        loader, _ = build_loader({**data_cfg, "num_workers": 0}, split="train", rank=0, world_size=1,
-                                 tables=tables, seed=seed, train=True)
+        loader, _ = build_loader({**data_cfg, "num_workers": 0, "batches_per_epoch": n_batches + 1}, split="train",
+                                 rank=0, world_size=1, tables=tables, seed=seed, train=True)
         it = iter(loader)
         next(it)
         spent.update(video=0.0, image=0.0)
