@@ -79,11 +79,12 @@ def _match_keys(weights: dict[str, torch.Tensor], expected: set[str]) -> dict[st
     return weights
 
 
-def objective_weights(weights: dict[str, torch.Tensor], cfg: dict, model, states: dict | None = None
-                      ) -> dict[str, torch.Tensor]:
+def objective_weights(weights: dict[str, torch.Tensor], cfg: dict, model, states: dict | None = None,
+                      online: bool = False) -> dict[str, torch.Tensor]:
     """The exported model's weights out of a checkpoint of the whole objective: for a pretraining objective
-    (``mae``: the encoder; ``jepa``: the target encoder) the keys under its :meth:`export_prefix`, with the
-    prefix removed; the weights as they are otherwise (``classification``: ``_match_keys`` strips ``model.``).
+    (``mae``: the encoder; ``jepa``: the target encoder, or with ``online`` the context encoder) the keys under
+    its :meth:`export_prefix`, with the prefix removed; the weights as they are otherwise (``classification``:
+    ``_match_keys`` strips ``model.``).
 
     ZeRO 1 keeps no copy of frozen parameters (JEPA's target encoder, the unused pooling) in its optimizer
     shards, which is where ``zero_to_fp32`` reads: they are taken from the module state of ``states`` (ZeRO 0-2
@@ -93,7 +94,7 @@ def objective_weights(weights: dict[str, torch.Tensor], cfg: dict, model, states
 
     if objective_type(cfg.get("objective")) == "classification":
         return weights
-    prefix = build_objective(cfg.get("objective"), model).export_prefix()
+    prefix = build_objective(cfg.get("objective"), model).export_prefix(online)
     module = (states or {}).get("module") or {}
     weights = {**{k: v.float() if v.is_floating_point() else v for k, v in module.items()
                   if k not in weights and v.numel() > 0}, **weights}
@@ -106,7 +107,7 @@ def objective_weights(weights: dict[str, torch.Tensor], cfg: dict, model, states
 
 
 def export(checkpoint: str, out: str, *, tag: str | None = None, config: str | None = None,
-           dtype: Literal["float32", "bfloat16", "float16"] = "float32") -> ExportResult:
+           dtype: Literal["float32", "bfloat16", "float16"] = "float32", online: bool = False) -> ExportResult:
     """Write ``out/model.safetensors`` and ``out/config.yaml`` from a DeepSpeed checkpoint.
 
     Args:
@@ -116,6 +117,8 @@ def export(checkpoint: str, out: str, *, tag: str | None = None, config: str | N
         tag: a tag of the save dir instead.
         config: a config file to use instead of the one saved with the run.
         dtype: dtype of the written weights.
+        online: the trained model itself rather than the objective's export model (JEPA: the context encoder
+            instead of the target encoder; the same for the other objectives).
 
     Raises:
         KeyError: the weights do not match the model the config builds (lists missing/unexpected keys).
@@ -148,7 +151,7 @@ def export(checkpoint: str, out: str, *, tag: str | None = None, config: str | N
     import_modules(cfg.get("imports") or [])   # user components named by the config
     model = build_model(cfg)
     expected = set(model.state_dict())
-    weights = _match_keys(objective_weights(weights, cfg, build_model(cfg), states), expected)
+    weights = _match_keys(objective_weights(weights, cfg, build_model(cfg), states, online), expected)
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
         raise KeyError(f"{tag_dir}: the weights do not match the model of the config ({cfg_source}); "

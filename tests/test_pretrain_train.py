@@ -315,6 +315,18 @@ def test_resume_auto_reproduces_the_uninterrupted_run(tmp_path, objective, stage
         torch.manual_seed(0)  # the trainer's seed: the initial weights
         init = mmvit.build_model(mmvit.load_config(CONFIG))
         assert any(not torch.allclose(a[k], v) for k, v in init.state_dict().items() if not k.startswith("pool."))
+        # --online: the context encoder, as the optimizer's fp32 master weights hold it, not the target's EMA.
+        from mmvit import checkpoint as ckpt
+
+        online = _weights(export(os.path.join(ref, "checkpoints", "global_step6"), str(tmp_path / "online"),
+                                 online=True).weights)
+        masters, _, _ = ckpt.consolidate(os.path.join(ref, "checkpoints"), "global_step6")
+        masters = {k.removeprefix("module.").removeprefix("model."): v for k, v in masters.items()
+                   if k.removeprefix("module.").startswith("model.")}
+        assert online.keys() == a.keys() and masters and set(masters) <= set(online)
+        for k, v in masters.items():
+            assert torch.equal(online[k], v.float()), k
+        assert any(not torch.allclose(online[k], a[k]) for k in masters)
 
 
 @pytest.mark.slow

@@ -23,9 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default=None, help="checkpoint tag instead of the 'latest' one")
     parser.add_argument("--config", default=None, help="config file, instead of the one saved with the run")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--online", action="store_true",
+                        help="JEPA: export the context encoder (the one the optimizer trains) instead of the target "
+                             "encoder (its EMA, the default, as V-JEPA evaluates)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = export(args.checkpoint, args.out, tag=args.tag, config=args.config, dtype=args.dtype)
+    result = export(args.checkpoint, args.out, tag=args.tag, config=args.config, dtype=args.dtype,
+                    online=args.online)
     print(f"wrote {result.weights} and {result.config} from {result.checkpoint} "
           f"(ZeRO stage {result.zero_stage}, config from {result.config_source})")
 

@@ -57,9 +57,10 @@ class Objective(nn.Module):
         """The module written by the export at the end of training (the trained model by default)."""
         return self.model
 
-    def export_prefix(self) -> str:
-        """The name of :meth:`export_model` inside this module (``model.`` keys of its state dict)."""
-        target = self.export_model()
+    def export_prefix(self, online: bool = False) -> str:
+        """The name of :meth:`export_model` inside this module (``model.`` keys of its state dict); ``online``:
+        that of the trained model itself (JEPA's context encoder rather than its target encoder)."""
+        target = self.model if online else self.export_model()
         return next(name for name, m in self.named_modules() if m is target) + "."
 
 
