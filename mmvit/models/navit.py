@@ -194,8 +194,8 @@ class NaViT(nn.Module):
 
     def trunk(self, x: torch.Tensor, layout: SeqLayout, last: int = 1) -> torch.Tensor:
         """The blocks and the final norm: ``[N, D]`` -> ``[N, D]``; with ``last = k`` the final norm of each of
-        the last ``k`` blocks' outputs, concatenated in block order: ``[N, k * D]`` (DINOv2's and V-JEPA's
-        probes read several blocks: earlier blocks of a masked-image model often probe better than its last)."""
+        the last ``k`` blocks' outputs, concatenated in block order: ``[N, k * D]`` (features for probes that
+        read several blocks, as DINOv2's linear probes read the last 4)."""
         if not 1 <= last <= max(1, len(self.blocks)):
             raise ValueError(f"last={last}: the trunk has {len(self.blocks)} blocks")
         outs = []
