@@ -90,12 +90,13 @@ def _cached_rate(data_cfg: dict, tables, n_batches: int, seed: int) -> dict:
 
     loader, _ = build_loader({**data_cfg, "num_workers": 0, "cache_mb": 4096, "batches_per_epoch": n_batches + 1},
                              split="train", rank=0, world_size=1, tables=tables, seed=seed, train=True)
-    cache, misses = None, 0
-    while cache is None or cache.misses - misses > 0.01 * len(cache.items):   # until a pass decodes ~nothing
-        misses = cache.misses if cache is not None else 0
+    cache = loader.dataset.decoded_cache()   # in this process (0 workers): the one the passes fill
+    while True:   # passes until one decodes almost nothing new
+        misses = cache.misses
         for _ in loader:
             pass
-        cache = loader.dataset.decoded_cache()
+        if cache.misses - misses <= 0.01 * len(cache.items):
+            break
     it = iter(loader)
     next(it)
     t0 = time.perf_counter()

@@ -201,6 +201,14 @@ class _Worker:
     def cache_key(draw: Draw) -> tuple:
         return draw.sid, draw.item.id
 
+    def cacheable(self, w: Waiting) -> bool:
+        """Whether ``data.cache_mb`` is on and the sample's decoded pixels (every frame of a video, at its
+        native size) are small enough to be cached; others are read as without a cache, and never counted as
+        cache misses."""
+        info = w.info
+        frames = int(info["frames"]) if w.draw.item.kind == "video" else 1
+        return self.cache is not None and self.cache.fits(frames * int(info["height"]) * int(info["width"]) * 3)
+
     def _probe(self, item) -> dict:
         if item.kind == "image":
             return probe_image(item.src, item.path, self.cfg.max_image_pixels, timeout_s=self.cfg.decode_timeout_s)
@@ -283,7 +291,7 @@ class _Worker:
         if frames is not None:
             return frames, scale_box(plan.box, hw, frames.shape[1:3])
         n_views = source.views.count("video")
-        if self.cache is not None:
+        if self.cacheable(w):
             clip = self.cached_clip(w)
             if clip is not None:
                 return clip[indices], scale_box(plan.box, hw, clip.shape[1:3])
@@ -309,20 +317,18 @@ class _Worker:
         return frames, box
 
     def cached_clip(self, w: Waiting) -> np.ndarray | None:
-        """Every frame of a video at its native size, from the cache or decoded whole into it; ``None`` for a
-        video too big to cache whole (or whose whole decode fails: it is then read as without a cache)."""
-        key, info = self.cache_key(w.draw), w.info
+        """Every frame of a (:meth:`cacheable`) video at its native size, from the cache or decoded whole into
+        it; ``None`` if the whole decode fails (the video is then read as without a cache)."""
+        key = self.cache_key(w.draw)
         clip = self.cache.get(key)
         if clip is not None:
             return clip
-        n, h, w_ = int(info["frames"]), int(info["height"]), int(info["width"])
-        if not self.cache.fits(n * h * w_ * 3):
-            return None
         try:
-            clip = self.ds.decoder().read(w.draw.item.src, w.draw.item.path, list(range(n)), info)
+            clip = self.ds.decoder().read(w.draw.item.src, w.draw.item.path, list(range(int(w.info["frames"]))),
+                                          w.info)
         except BadSample:
             return None  # e.g. a sidecar that over-counts frames: the frames this clip needs may still decode
-        self.cache.put(key, info, clip)
+        self.cache.put(key, w.info, clip)
         return clip
 
     def decode(self, w: Waiting, plan: ExamplePlan, stage: Stage, patch: PatchSize) -> tuple[torch.Tensor, dict]:
@@ -335,11 +341,12 @@ class _Worker:
                                 "orig_size": [int(info["height"]), int(info["width"])], "size": list(plan.size)}
         if item.kind == "image":
             frames = source.load(item, [0])
-            if frames is None and self.cache is not None:
+            cacheable = frames is None and self.cacheable(w)
+            if cacheable:
                 frames = self.cache.get(self.cache_key(w.draw))
             if frames is None:
                 frames = decode_image(item.src, item.path, cfg.max_image_pixels, timeout_s=cfg.decode_timeout_s)[None]
-                if self.cache is not None:
+                if cacheable:
                     self.cache.put(self.cache_key(w.draw), info, frames)
             box = scale_box(plan.box, (int(info["height"]), int(info["width"])), frames.shape[1:3])
         else:
