@@ -262,6 +262,62 @@ def test_train_levels_all_trains_one_probe_on_every_level(tiny, tmp_path):
         assert row["top1"] == pytest.approx(float((pred == te.labels).float().mean()))
 
 
+def test_train_resolutions_and_views_make_the_training_set(tiny, tmp_path):
+    """--train-resolutions / --train-views: the k-NN rows at the one test level equal k-NN over the training
+    features tools/extract_features.py writes at both training sizes, clips under the training view set."""
+    from mmvit.eval.features import FeatureSet, read_features
+    from mmvit.eval.probe_cli import extract_main, probe_main
+
+    out = tmp_path / "probe"
+    rows = probe_main(["--checkpoint", f"enc={tiny['run']}", "--probe", "knn", "--resolutions", "24",
+                       "--train-resolutions", "16,20", "--train-views", "2xfull", "--train-levels", "all",
+                       "--k", "5", "--out", str(out)])
+    assert {(r["level"], r["kind"]) for r in rows} == {("24 px", "image"), ("24 px", "video")}
+    # 16 images and 4 clips x 2 views, at 2 sizes
+    assert {r["kind"]: r["train_n"] for r in rows} == {"image": 32, "video": 16}
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["train_resolutions"] == [16.0, 20.0] and run["train_views"] == "2xfull"
+    for kind in ("image", "video"):
+        train = []
+        for px in ("16", "20"):
+            d = tmp_path / f"tr{px}{kind}"
+            extract_main(["--checkpoint", tiny["run"], "--split", "train", "--out", str(d), "--resolution", px,
+                          "--kinds", kind, "--views", "2xfull"])
+            train.append(read_features(str(d)))
+        train = FeatureSet.concat(train)
+        if kind == "video":   # two different clips of each 6-frame video (4 frames each)
+            assert sorted(train.views) == [0] * 8 + [1] * 8 and train.ids[0] == train.ids[1]
+            assert not torch.allclose(train.features[0], train.features[1], atol=1e-4)
+        extract_main(["--checkpoint", tiny["run"], "--split", "test", "--out", str(tmp_path / f"te{kind}"),
+                      "--resolution", "24", "--kinds", kind])
+        te = read_features(str(tmp_path / f"te{kind}"))
+        pred = knn_predict(train.features, train.labels, te.features, 2, k=5).argmax(1)
+        row = next(r for r in rows if r["kind"] == kind)
+        assert row["top1"] == pytest.approx(float((pred == te.labels).float().mean()))
+    with pytest.raises(SystemExit):   # pooling several training sizes needs one probe for every level
+        probe_main(["--checkpoint", tiny["run"], "--train-resolutions", "16,20", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        probe_main(["--checkpoint", tiny["run"], "--train-views", "2xfoo", "--out", str(out)])
+
+
+def test_a_fraction_of_multi_view_features_keeps_whole_examples():
+    from mmvit.eval.features import FeatureSet
+    from mmvit.eval.probe_run import subset_examples
+
+    # 20 examples of 2 classes (10 each), 3 views each, sorted by (id, view) as gathered features are.
+    ids = [f"x{i:02d}" for i in range(20) for _ in range(3)]
+    views = [v for _ in range(20) for v in range(3)]
+    labels = torch.tensor([i % 2 for i in range(20) for _ in range(3)])
+    n = len(ids)
+    fs = FeatureSet(ids, views, ["video"] * n, ["t"] * n, labels, torch.randn(n, 4), torch.ones(n, 3, dtype=torch.long))
+    sub = subset_examples(fs, 0.4, seed=1)
+    chosen = sorted(set(sub.ids))
+    assert len(chosen) == 8 and len(sub) == 24                     # round(0.4 * 20 / 2) = 4 per class, all views
+    assert sorted(sub.labels.tolist()) == [0] * 12 + [1] * 12
+    assert all(sub.ids.count(x) == 3 for x in chosen)
+    assert subset_examples(fs, 0.4, seed=1).ids == sub.ids and subset_examples(fs, 0.4, seed=2).ids != sub.ids
+
+
 # -- reconstructions (tools/show_masked.py) -----------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ import torch
 
 from mmvit.eval.plan import EvalPass, EvalSettings, pass_data_config, plan_passes
 from mmvit.eval.runner import example_key
-from mmvit.eval.views import parse_view_sets
+from mmvit.eval.views import parse_view_set
 from mmvit.packing import PackedBatch
 from mmvit.pretrain.probes import _flat_tokens, mean_features
 
@@ -118,9 +118,10 @@ def levels_of(resolutions: Sequence[float] | None = None, token_budgets: Sequenc
 
 
 def settings_for(split: str, level: Level, kinds: Sequence[str] = ("video", "image"), seed: int = 0,
-                 data_overrides: Mapping | None = None) -> EvalSettings:
-    """Evaluation settings of one feature pass per kind: videos as one full-frame clip."""
-    return EvalSettings(split=split, view_sets=parse_view_sets("full"), kinds=tuple(kinds), seed=seed,
+                 data_overrides: Mapping | None = None, views: str = "full") -> EvalSettings:
+    """Evaluation settings of one feature pass per kind: videos under one view set (``views``, default one
+    full-frame clip; e.g. ``4xfull`` for four clips spread over each video, each its own example)."""
+    return EvalSettings(split=split, view_sets=[parse_view_set(views)], kinds=tuple(kinds), seed=seed,
                         resolutions=[level.value] if level.setting == "resolution" else None,
                         token_budgets=[int(level.value)] if level.setting == "token_budget" else None,
                         data_overrides=dict(data_overrides or {}))
@@ -155,7 +156,7 @@ def extract(models: Mapping[str, torch.nn.Module], cfg: Mapping, split: str, *, 
             kinds: Sequence[str] = ("video", "image"), pool: Pool = "mean", tokens: bool = False,
             logits: Sequence[str] = (), rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
             tables=None, seed: int = 0, data_overrides: Mapping | None = None, progress: bool = False,
-            loader_fn: Callable | None = None, last_blocks: int = 1) -> dict[str, FeatureSet]:
+            loader_fn: Callable | None = None, last_blocks: int = 1, views: str = "full") -> dict[str, FeatureSet]:
     """This rank's features of ``split`` for every encoder in ``models`` (same batches for all).
 
     Args:
@@ -169,6 +170,7 @@ def extract(models: Mapping[str, torch.nn.Module], cfg: Mapping, split: str, *, 
         tables: class tables the labels are encoded with.
         last_blocks: tokens (and their mean) of the last ``k`` blocks, each after the final norm, side by side
             (``k x`` the width); not with ``pool="model"``, whose pool reads the last block.
+        views: the view set of videos (``mmvit.eval.views``): every view is its own example (``views`` index).
     """
     if last_blocks > 1 and pool == "model":
         raise ValueError("last_blocks > 1 reads the tokens of several blocks: use pool='mean' (the model's own "
@@ -181,7 +183,7 @@ def extract(models: Mapping[str, torch.nn.Module], cfg: Mapping, split: str, *, 
     for m in models.values():
         m.eval()
     data_cfg = dict(cfg["data"])
-    settings = settings_for(split, level, kinds, seed, data_overrides)
+    settings = settings_for(split, level, kinds, seed, data_overrides, views)
     passes = plan_passes(settings, data_cfg)
     parts: dict[str, list[FeatureSet]] = {name: [] for name in models}
     bar = tqdm(desc=f"{split} {level.name}", unit="ex", disable=not progress or rank != 0, dynamic_ncols=True)

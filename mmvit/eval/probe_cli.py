@@ -33,6 +33,16 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _view_set(text: str) -> str:
+    from mmvit.eval.views import parse_view_set
+
+    try:
+        parse_view_set(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="config to use instead of the one saved with the checkpoint (its data section "
@@ -76,6 +86,9 @@ def extract_main(argv: Sequence[str] | None = None) -> str | None:
     parser.add_argument("--split", required=True, help="data split (data.splits.<split>)")
     parser.add_argument("--out", required=True, help="output folder (shards and index.json)")
     parser.add_argument("--tokens", action="store_true", help="also store every example's patch tokens")
+    parser.add_argument("--views", type=_view_set, default="full",
+                        help="view set of the clips (mmvit.eval.views; default full: one full-frame clip; e.g. "
+                             "4xfull), each view one example")
     level = parser.add_mutually_exclusive_group()
     level.add_argument("--resolution", type=float, default=None, help="side length in px (default: the config's)")
     level.add_argument("--token-budget", type=int, default=None, help="tokens per example instead")
@@ -88,11 +101,12 @@ def extract_main(argv: Sequence[str] | None = None) -> str | None:
                     [args.token_budget] if args.token_budget else None)[0]
     fs = extract({enc.name: enc.model}, enc.cfg, args.split, level=lvl, kinds=args.kinds.split(","), pool=args.pool,
                  tokens=args.tokens, rank=rank, world_size=world, device=device, tables=enc.tables, seed=args.seed,
-                 progress=True, last_blocks=args.last_blocks)[enc.name]
+                 progress=True, last_blocks=args.last_blocks, views=args.views)[enc.name]
     name = shard_name(rank, world)
     info = {"checkpoint": os.path.abspath(args.checkpoint) if ":" not in args.checkpoint else args.checkpoint,
             "weights": enc.source, "split": args.split, "level": lvl.name, "pool": args.pool,
-            "tokens": bool(args.tokens), "last_blocks": args.last_blocks, "rank": rank, "world_size": world}
+            "tokens": bool(args.tokens), "last_blocks": args.last_blocks, "views": args.views, "rank": rank,
+            "world_size": world}
     write_shard(os.path.join(args.out, name), fs, info)
     counts = dist.all_gather_object((name, len(fs)))
     path = None
@@ -142,6 +156,14 @@ def probe_parser() -> argparse.ArgumentParser:
                         help="each: a probe per level, trained on that level's training features; all: one probe "
                              "per task trained on the training features of every level (the same examples at each "
                              "resolution), scored at each level")
+    parser.add_argument("--train-resolutions", type=_floats, default=None,
+                        help="side lengths in px of the probes' training features, pooled into one training set "
+                             "per task (default: the test levels; needs --train-levels all): the same training "
+                             "examples at more sizes, as a probe trained through the training augmentation sees")
+    parser.add_argument("--train-views", type=_view_set, default="full",
+                        help="view set of the training clips (mmvit.eval.views; default full: one full-frame "
+                             "clip; e.g. 4xfull: four clips spread over each video, each a training example); "
+                             "test clips stay one full-frame clip")
     parser.add_argument("--out", default=None, help="output folder (default <first checkpoint>/probe)")
     parser.add_argument("--subset-only", action="store_true",
                         help="write the class-balanced training lists to <out>/labels_subset, print the new "
@@ -180,10 +202,13 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
     from mmvit.eval import features as feat
     from mmvit.eval.encoders import load_encoder
     from mmvit.eval.plan import split_sources
-    from mmvit.eval.probe_run import (ProbeSettings, balanced_subset, format_comparison, format_table, probe_rows,
+    from mmvit.eval.probe_run import (ProbeSettings, format_comparison, format_table, probe_rows, subset_examples,
                                       subset_split, write_results)
 
-    args = probe_parser().parse_args(argv)
+    parser = probe_parser()
+    args = parser.parse_args(argv)
+    if args.train_resolutions and args.train_levels != "all":
+        parser.error("--train-resolutions pools the training features of several levels: use --train-levels all")
     start = time.perf_counter()
     rank, world, device, overrides = _start(args)
     first = args.checkpoint[0].partition("=")[2] if "=" in args.checkpoint[0] else args.checkpoint[0]
@@ -241,37 +266,50 @@ def probe_main(argv: Sequence[str] | None = None) -> list[dict] | None:
 
     rows: list[dict] = []
     levels = config_levels(data.cfg, args.resolutions, args.token_budgets)
-    pooled: dict[str, dict[str, tuple]] = {e.name: {} for e in encoders}   # --train-levels all: kept until the end
-    for lvl in levels:
-        got = {}
-        for split in (args.train_split, args.test_split):
-            part = feat.extract(models, train_cfg if split == args.train_split else data.cfg, split, level=lvl,
-                                kinds=kinds, pool=args.pool, tokens=tokens, logits=with_head, rank=rank,
-                                world_size=world, device=device, tables=tables, seed=args.seed, progress=True,
-                                last_blocks=args.last_blocks)
-            got[split] = {name: feat.gather(fs) for name, fs in part.items()}
+    train_levels = feat.levels_of(args.train_resolutions) if args.train_resolutions else levels
+    # Training features at each training level, test features at each test level; with --train-levels all
+    # they are kept until every level is read.
+    pooled_train: dict[str, list] = {e.name: [] for e in encoders}
+    pooled_test: dict[str, dict] = {e.name: {} for e in encoders}
+    for lvl in dict.fromkeys([*levels, *train_levels]):
+        got: dict[str, dict] = {}
+        for role, split, cfg in (("train", args.train_split, train_cfg), ("test", args.test_split, data.cfg)):
+            if lvl not in (train_levels if role == "train" else levels):
+                continue
+            part = feat.extract(models, cfg, split, level=lvl, kinds=kinds, pool=args.pool, tokens=tokens,
+                                logits=with_head, rank=rank, world_size=world, device=device, tables=tables,
+                                seed=args.seed, progress=True, last_blocks=args.last_blocks,
+                                views=args.train_views if role == "train" else "full")
+            got[role] = {name: feat.gather(fs) for name, fs in part.items()}
         if rank != 0:
             continue
         for e in encoders:
-            train, test = got[args.train_split][e.name], got[args.test_split][e.name]
-            if subset is None:   # not chosen from the lists: subset the features
-                train = train.select(balanced_subset(train.labels, train.tasks, args.labels_fraction, args.seed))
-            log.info("%s at %s: %d training examples (fraction %g), %d test examples", e.name, lvl.name, len(train),
-                     args.labels_fraction, len(test))
+            train, test = got.get("train", {}).get(e.name), got.get("test", {}).get(e.name)
+            if train is not None:
+                if subset is None:   # not chosen from the lists: subset the features
+                    train = subset_examples(train, args.labels_fraction, args.seed)
+                log.info("%s at %s: %d training features (fraction %g, views %s)", e.name, lvl.name, len(train),
+                         args.labels_fraction, args.train_views)
+            if test is not None:
+                log.info("%s at %s: %d test examples", e.name, lvl.name, len(test))
             if args.train_levels == "all":
-                pooled[e.name][lvl.name] = (train, test)
+                if train is not None:
+                    pooled_train[e.name].append(train)
+                if test is not None:
+                    pooled_test[e.name][lvl.name] = test
             else:
                 rows += run_probes(e.name, train, {lvl.name: test})
     if rank == 0 and args.train_levels == "all":
         for e in encoders:
-            train = feat.FeatureSet.concat([tr for tr, _ in pooled[e.name].values()])
-            tests = {name: te for name, (_, te) in pooled[e.name].items()}
-            log.info("%s: probes trained on %d training features of %d levels", e.name, len(train), len(tests))
-            rows += run_probes(e.name, train, tests)
+            train = feat.FeatureSet.concat(pooled_train[e.name])
+            log.info("%s: probes trained on %d training features of %d levels", e.name, len(train),
+                     len(train_levels))
+            rows += run_probes(e.name, train, pooled_test[e.name])
     result = None
     if rank == 0:
         info = {"encoders": {e.name: e.source for e in encoders}, "probes": args.probe,
                 "labels_fraction": args.labels_fraction, "train_levels": args.train_levels,
+                "train_resolutions": args.train_resolutions, "train_views": args.train_views,
                 "last_blocks": args.last_blocks, "seed": args.seed,
                 "pool": args.pool,
                 "settings": dataclasses.asdict(s), "world_size": world,

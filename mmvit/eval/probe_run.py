@@ -93,6 +93,18 @@ def balanced_subset(labels: Sequence[int] | torch.Tensor, tasks: Sequence[str], 
     return sorted(rows)
 
 
+def subset_examples(fs: FeatureSet, fraction: float, seed: int = 0) -> FeatureSet:
+    """The views of a class-balanced ``fraction`` of the examples of ``fs`` (sorted by id and view): examples
+    are chosen once each, by their first view, so every view of a chosen example is kept."""
+    first: dict[str, int] = {}
+    for i, example in enumerate(fs.ids):
+        first.setdefault(example, i)
+    rows = list(first.values())
+    chosen = {fs.ids[rows[j]] for j in balanced_subset(fs.labels[rows], [fs.tasks[r] for r in rows], fraction,
+                                                        seed)}
+    return fs.select([i for i, example in enumerate(fs.ids) if example in chosen])
+
+
 LIST_SOURCES = ("image_list", "video_list")
 
 
