@@ -6,9 +6,9 @@
 #      curriculum (configs/pretrain/demo_mae.yaml), no labels read by the objective;
 #   3. the baseline: the demo classifier trained from scratch on the same 10% of labels, same steps (its
 #      subset decoded once and kept in memory: data.cache_mb);
-#   4. attentive, linear and k-NN probes (10% of the labels, their features at 32 and 48 px together) on the MAE
-#      encoder, on a randomly initialised copy of it, and on the supervised baseline (plus its own head), scored
-#      on the test split at 32 and 48 px;
+#   4. attentive, linear and k-NN probes (10% of the labels, their features at six sizes from 24 to 64 px
+#      together, each training clip as four clips) on the MAE encoder, on a randomly initialised copy of it,
+#      and on the supervised baseline (plus its own head), scored on the test split at 32 and 48 px;
 #   5. the reconstruction picture.
 # Results: runs/pretrain_demo/probe/results.json (rows per encoder, probe, kind, task, level; "comparison":
 # the MAE attentive probe against each baseline's best). Finished runs are not retrained (--resume auto);
@@ -22,6 +22,10 @@ OUT=${OUT:-runs/pretrain_demo}
 STEPS=${STEPS:-800}
 FRACTION=${FRACTION:-0.1}
 RESOLUTIONS=${RESOLUTIONS:-32,48}
+# The probes' training features: the 10% at six sizes, each clip as four clips spread over it (the training
+# augmentation a probe trained through the encoder would see; docs/pretraining.md).
+TRAIN_RESOLUTIONS=${TRAIN_RESOLUTIONS:-24,32,40,48,56,64}
+TRAIN_VIEWS=${TRAIN_VIEWS:-4xfull}
 PORT=${MASTER_PORT:-29541}
 export PATH="$VENV/bin:$PATH"
 start=$(date +%s)
@@ -45,11 +49,12 @@ $DS --num_gpus 2 --master_port "$PORT" tools/train.py --config configs/demo/demo
     train.save_every="$STEPS" eval.every=0 eval.at_end=false
 stamp
 
-echo "== 4/5 probes on the frozen encoders ($FRACTION of the training labels; test split at $RESOLUTIONS px)"
+echo "== 4/5 probes on the frozen encoders ($FRACTION of the training labels at $TRAIN_RESOLUTIONS px; test split at $RESOLUTIONS px)"
 $PY tools/probe.py --checkpoint mae="$OUT/mae" --checkpoint random="random:$OUT/mae" \
     --checkpoint supervised_10pct="$OUT/supervised_10pct" --data-config configs/demo/demo.yaml \
     --probe attentive linear knn head --labels-fraction "$FRACTION" --resolutions "$RESOLUTIONS" \
-    --train-levels all --compare mae --out "$OUT/probe"
+    --train-resolutions "$TRAIN_RESOLUTIONS" --train-views "$TRAIN_VIEWS" --train-levels all \
+    --compare mae --out "$OUT/probe"
 stamp
 
 echo "== 5/5 reconstructions of held-out images and clips"
