@@ -114,3 +114,38 @@ def test_a_late_announcement_is_reported_and_applies_from_the_next_unstarted_bat
     assert control.history != before
     b = next(it)
     assert b.index == 3 and min(int(g[1] * g[2]) for g in b.grid[: b.num_examples]) >= 9
+
+
+class _Log:
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, msg):
+        self.warnings.append(msg)
+
+
+def test_a_renamed_stage_of_the_same_shape_is_announced_before_the_workers_reach_it():
+    """Multigrid under ``min_frames`` gives consecutive stages of one shape and two names. With the workers
+    as far ahead as the DataLoader lets them at every step, each step's announcement is on time and the
+    renamed stage starts at its own step's batch, whatever the timing."""
+    from types import SimpleNamespace
+
+    from mmvit.data.stage import make_stage
+    from mmvit.train.loop import announce_stages
+
+    data = mmvit.load_config(CONFIG).to_dict()["data"]
+    data.update(num_workers=2, prefetch_factor=2)
+    _, control = build_loader(data, split="train", rank=0, world_size=1, seed=0, train=True)
+    cfg = control.cfg
+    a, b = make_stage(cfg, {**_stage(16), "name": "a"}), make_stage(cfg, {**_stage(16), "name": "b"})
+    assert a.same_shape(b) and a.to_dict() != b.to_dict()
+    log = _Log()
+    ctx = SimpleNamespace(engine=SimpleNamespace(micro_batches=1), control=control, log=log,
+                          train=SimpleNamespace(steps=12), curriculum=lambda k: a if k < 6 else b)
+    for step in range(12):
+        control.g = step                                       # batches handed out before this step's
+        announce_stages(ctx, step)
+        with control.shared.lock:                              # the workers start all they are asked for
+            control.shared.max_started.value = step + control.max_ahead - 1
+        assert control._spec_at(step) == (a if step < 6 else b).to_dict(), step
+    assert log.warnings == []

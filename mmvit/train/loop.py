@@ -247,13 +247,17 @@ def _save_checkpoint(ctx: Context, state: RunState) -> str:
 def announce_stages(ctx: Context, step: int) -> None:
     """Tell the loader the curriculum's stage of every batch it may start before the next step's call: step
     ``k``'s micro-batches are this rank's next batches (``micro_batches`` per step), so the stage a batch is built
-    with depends on its index only (not on how far the workers ran ahead, which varies run to run)."""
+    with depends on its index only (not on how far the workers ran ahead, which varies run to run).
+
+    Every change is announced, a new name or cost with the same shape too (multigrid's ``T1/4`` and ``T1/2``
+    under ``min_frames``): the loader compares whole stages, so a change held back here would reach the
+    workers at whatever batch they had started when its step came, and the stream would differ run to run."""
     mb, g = ctx.engine.micro_batches, ctx.control.g  # g: batches handed out so far (step * mb)
     last = min(ctx.train.steps - 1, step + 1 + -(-ctx.control.max_ahead // mb))
     changes: list[tuple[int, Stage]] = []
     for k in range(step, max(step, last) + 1):
         stage = ctx.curriculum(k)
-        if not changes or not stage.same_shape(changes[-1][1]):
+        if not changes or stage.to_dict() != changes[-1][1].to_dict():
             changes.append((g + (k - step) * mb, stage))
     if not ctx.control.announce(changes):
         ctx.log.warning(f"step {step}: the loader had started batches past a curriculum change before it was "
