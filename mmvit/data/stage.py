@@ -56,11 +56,6 @@ class Stage:
             out["resolution"] = self.resolution.to_dict()
         return out
 
-    def same_shape(self, other: Stage | None) -> bool:
-        """Whether the loader would build the same examples under both (name and cost aside)."""
-        return other is not None and (self.resolution, self.frames, self.patch_size, self.token_budget) == \
-            (other.resolution, other.frames, other.patch_size, other.token_budget)
-
     def describe(self) -> str:
         size = (f"{self.token_budget} tokens/example" if self.token_budget is not None
                 else f"resolution {self.resolution.to_dict()}")
