@@ -37,7 +37,26 @@ def launch_env() -> dict:
     return env
 
 
+_PORTS: set[int] = set()  # every port handed to a launcher in this session
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _PORTS.add(port)
+    return port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_shm_buffers():
+    """A run killed before its ranks met (a test's timeout) cannot unlink its DeepSpeed all-reduce buffers
+    (mmvit.train.engine.release_shm_buffer): remove those of this session's ports, which are in RAM."""
+    yield
+    # The tests import this file as ``tests.conftest``, pytest loads it under another name: two sets.
+    ports = set().union(*(getattr(m, "_PORTS", ()) for m in (sys.modules.get("conftest"), sys.modules.get("tests.conftest"))))
+    shm = "/dev/shm"
+    if os.path.isdir(shm):
+        for name in os.listdir(shm):
+            if name.startswith("deepspeed_allreduce_buffer_") and any(f"_{p}_" in name for p in ports):
+                os.remove(os.path.join(shm, name))

@@ -6,7 +6,6 @@ workers have run ahead.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 
 import mmvit
 from mmvit.data import build_loader
+from tests.conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "tools", "train.py")
@@ -31,12 +31,6 @@ def _env():
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train_records(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [r for r in map(json.loads, f) if r["kind"] == "train"]
@@ -47,7 +41,7 @@ def test_two_deterministic_runs_are_identical(tmp_path):
     dirs = []
     for name in ("a", "b"):
         run_dir = str(tmp_path / name)
-        cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), TRAIN, "--config", CONFIG,
+        cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, "--config", CONFIG,
                "--set", f"run_dir={run_dir}", "train.deterministic=true", "data.num_workers=2", "eval.every=0",
                "eval.at_end=false", "train.progress=false", "train.save_every=0"]
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -24,6 +24,7 @@ from mmvit.checkpoint import MARKER
 from mmvit.data import build_loader, resolve_data_config
 from mmvit.objectives.classification import example_losses
 from mmvit.train.curriculum import build_curriculum
+from mmvit.train.engine import SHM_DIR
 from mmvit.train.loss import example_weights, local_count, normalised_loss
 from mmvit.train.rng import seed_all
 from tests.conftest import free_port, launch_env
@@ -81,12 +82,13 @@ def _assert_same_losses(ref, got, steps):
 def two_rank_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("two_rank") / "run")
     grads = os.path.join(os.path.dirname(run_dir), "grads.pt")
-    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, "--config", CONFIG,
+    port = free_port()
+    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), TRAIN, "--config", CONFIG,
            *_overrides(run_dir, f"train.faults.grad_dump={grads}", progress=True)]
     t0 = time.time()
     proc = _run(cmd, TIMEOUT)
     _check(proc)
-    return {"dir": run_dir, "grads": grads, "seconds": time.time() - t0, "stdout": proc.stdout}
+    return {"dir": run_dir, "grads": grads, "seconds": time.time() - t0, "stdout": proc.stdout, "port": port}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,17 @@ def one_rank_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("one_rank") / "run")
     _check(_python(run_dir))
     return {"dir": run_dir}
+
+
+@pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="no /dev/shm on this system")
+def test_two_rank_run_leaves_no_shared_memory(two_rank_run):
+    """DeepSpeed's CPU all-reduce buffers (one ~69 MB object per rank in /dev/shm, named after the group's
+    address and port) are unlinked by the run itself: none of its port is left once it has ended."""
+    # The run did use the shared-memory all-reduce (DeepSpeed prints this when it loads the op).
+    assert "shm_comm" in two_rank_run["stdout"] and "built successfully" in two_rank_run["stdout"]
+    left = [f for f in os.listdir(SHM_DIR) if f.startswith("deepspeed_allreduce_buffer_")
+            and f"_{two_rank_run['port']}_" in f]
+    assert left == []
 
 
 def test_two_rank_run_packs_curriculum_nan_skip_eval_export(two_rank_run):

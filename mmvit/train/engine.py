@@ -60,12 +60,53 @@ def start(timeout_min: float = 30.0) -> tuple[int, int, int]:
                 s.bind(("127.0.0.1", 0))
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     deepspeed.init_distributed(timeout=timedelta(minutes=timeout_min), verbose=False)
+    release_shm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     from deepspeed.accelerator import get_accelerator
 
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(local_rank)
     return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+SHM_DIR = "/dev/shm"
+
+
+def shm_buffer_name(rank: int, addr: str | None = None, port: str | None = None) -> str:
+    """The file name of one rank's buffer for DeepSpeed's shared-memory all-reduce on CPU.
+
+    When every rank is on one machine (``LOCAL_SIZE == WORLD_SIZE``, as the ``deepspeed`` launcher sets),
+    DeepSpeed's CPU backend creates one POSIX shared-memory object per rank while the group starts, named
+    ``deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>`` (deepspeed 0.19.8,
+    csrc/cpu/comm/shm.cpp, ``shm_initialize``; about 69 MB each), and maps its peers' objects. It never
+    unlinks them, at exit or on a signal: without :func:`release_shm_buffer` every 2-rank run leaves
+    ~140 MB in /dev/shm, which is RAM, until the machine reboots.
+    """
+    addr = os.environ.get("MASTER_ADDR", "") if addr is None else addr
+    port = os.environ.get("MASTER_PORT", "") if port is None else port
+    return f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def release_shm_buffer() -> str | None:
+    """Unlink this rank's shared-memory all-reduce buffer once every rank has mapped all of them.
+
+    A peer opens a rank's object by name, retrying while it does not exist yet, so it may only go once
+    every rank has finished starting the group: hence the barrier (DeepSpeed maps the buffers inside
+    ``init_distributed``). The mappings stay valid after the unlink and the memory goes back when the
+    last rank exits, however it exits (a normal end, SIGTERM, SIGKILL). Returns the path removed, if any.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return None
+    if dist.get_world_size() > 1:  # (``deepspeed --num_gpus 1`` sets LOCAL_SIZE=1: a world of one has one too)
+        dist.barrier()
+    path = os.path.join(SHM_DIR, shm_buffer_name(dist.get_rank()))
+    try:
+        os.unlink(path)
+    except FileNotFoundError:  # not a single-machine group, or another DeepSpeed build: nothing to free
+        return None
+    return path
 
 
 def stop() -> None:
