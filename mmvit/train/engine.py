@@ -60,12 +60,13 @@ def start(timeout_min: float = 30.0) -> tuple[int, int, int]:
                 s.bind(("127.0.0.1", 0))
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     deepspeed.init_distributed(timeout=timedelta(minutes=timeout_min), verbose=False)
-    release_shm_buffer()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     from deepspeed.accelerator import get_accelerator
 
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(local_rank)
+    else:  # only DeepSpeed's CPU backend makes the shared-memory buffers (and no NCCL barrier runs here)
+        release_shm_buffer()
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
