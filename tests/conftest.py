@@ -55,8 +55,9 @@ def _remove_shm_buffers():
     yield
     # The tests import this file as ``tests.conftest``, pytest loads it under another name: two sets.
     ports = set().union(*(getattr(m, "_PORTS", ()) for m in (sys.modules.get("conftest"), sys.modules.get("tests.conftest"))))
-    shm = "/dev/shm"
-    if os.path.isdir(shm):
-        for name in os.listdir(shm):
-            if name.startswith("deepspeed_allreduce_buffer_") and any(f"_{p}_" in name for p in ports):
-                os.remove(os.path.join(shm, name))
+    from mmvit.train.engine import SHM_DIR, SHM_PREFIX
+
+    if os.path.isdir(SHM_DIR):
+        for name in os.listdir(SHM_DIR):
+            if name.startswith(SHM_PREFIX) and any(f"_{p}_" in name for p in ports):
+                os.remove(os.path.join(SHM_DIR, name))

@@ -105,6 +105,7 @@ def test_two_rank_run_leaves_no_shared_memory(two_rank_run):
     address and port) are unlinked by the run itself: none of its port is left once it has ended."""
     # The run did use the shared-memory all-reduce (DeepSpeed prints this when it loads the op).
     assert "shm_comm" in two_rank_run["stdout"] and "built successfully" in two_rank_run["stdout"]
+    # The name as DeepSpeed's shm.cpp writes it, not mmvit's constant: a wrong prefix there must fail here.
     left = [f for f in os.listdir(SHM_DIR) if f.startswith("deepspeed_allreduce_buffer_")
             and f"_{two_rank_run['port']}_" in f]
     assert left == []

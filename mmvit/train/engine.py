@@ -71,9 +71,10 @@ def start(timeout_min: float = 30.0) -> tuple[int, int, int]:
 
 
 SHM_DIR = "/dev/shm"
+SHM_PREFIX = "deepspeed_allreduce_buffer_"
 
 
-def shm_buffer_name(rank: int, addr: str | None = None, port: str | None = None) -> str:
+def shm_buffer_name(rank: int) -> str:
     """The file name of one rank's buffer for DeepSpeed's shared-memory all-reduce on CPU.
 
     When every rank is on one machine (``LOCAL_SIZE == WORLD_SIZE``, as the ``deepspeed`` launcher sets),
@@ -83,31 +84,28 @@ def shm_buffer_name(rank: int, addr: str | None = None, port: str | None = None)
     unlinks them, at exit or on a signal: without :func:`release_shm_buffer` every 2-rank run leaves
     ~140 MB in /dev/shm, which is RAM, until the machine reboots.
     """
-    addr = os.environ.get("MASTER_ADDR", "") if addr is None else addr
-    port = os.environ.get("MASTER_PORT", "") if port is None else port
-    return f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return f"{SHM_PREFIX}{os.getuid()}_{addr}_{port}_{rank}"
 
 
-def release_shm_buffer() -> str | None:
+def release_shm_buffer() -> None:
     """Unlink this rank's shared-memory all-reduce buffer once every rank has mapped all of them.
 
     A peer opens a rank's object by name, retrying while it does not exist yet, so it may only go once
     every rank has finished starting the group: hence the barrier (DeepSpeed maps the buffers inside
     ``init_distributed``). The mappings stay valid after the unlink and the memory goes back when the
-    last rank exits, however it exits (a normal end, SIGTERM, SIGKILL). Returns the path removed, if any.
+    last rank exits, however it exits (a normal end, SIGTERM, SIGKILL).
     """
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        return None
+        return
     if dist.get_world_size() > 1:  # (``deepspeed --num_gpus 1`` sets LOCAL_SIZE=1: a world of one has one too)
         dist.barrier()
-    path = os.path.join(SHM_DIR, shm_buffer_name(dist.get_rank()))
     try:
-        os.unlink(path)
+        os.unlink(os.path.join(SHM_DIR, shm_buffer_name(dist.get_rank())))
     except FileNotFoundError:  # not a single-machine group, or another DeepSpeed build: nothing to free
-        return None
-    return path
+        pass
 
 
 def stop() -> None:
